@@ -1,0 +1,75 @@
+"""Every knob once, with one comment each. gpt60m.py and tiny.py override a few of these.
+
+Override any key on the command line: `--config.train.num_steps=100 --config.mesh.fsdp=8`.
+The model, the step and the pipeline never see this ConfigDict: the edge turns each section into a frozen dataclass.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 50304  # GPT-2's 50257 rounded up to a multiple of 64 for fast matmuls
+    m.n_layer = 10  # transformer blocks
+    m.n_head_q = 8  # query heads
+    m.n_head_kv = 8  # key/value heads; < n_head_q is grouped-query attention (must divide n_head_q)
+    m.n_embd = 512  # model width D; head dim K = n_embd // n_head_q
+    m.ffn_hidden = 2048  # MLP hidden size before the SwiGLU rule ceil(int(2*F/3)/256)*256 (GELU uses it as is)
+    m.mlp = "swiglu"  # "swiglu" | "gelu"
+    m.pos_emb = "rope"  # "rope" (NeoX rotate-half) | "learned" | "none"
+    m.rope_base = 10000.0  # rotary base frequency
+    m.norm = "layer"  # "layer" (LayerNorm with bias) | "rms"
+    m.norm_eps = 1e-5  # epsilon of every norm
+    m.qk_norm = False  # normalise q and k per head before attention
+    m.use_bias = False  # biases on the linear layers
+    m.tie_embeddings = True  # lm_head reuses wte
+    m.dropout = 0.0  # dropout rate on attention output, MLP output and embeddings (0 disables)
+    m.init_std = 0.02  # "scaled" init: N(0, std), output projections N(0, std / sqrt(2 * n_layer))
+
+    c.data = d = ml_collections.ConfigDict()
+    d.train_path = "data/packed/redpajama_v2_samples_512_train.pbin"  # one .pbin, or several joined by ","
+    d.val_path = "data/packed/redpajama_v2_samples_512_test.pbin"  # validation .pbin(s); "" disables evaluation
+    d.seq_len = 512  # tokens per training sequence S (windows hold S + 1 tokens)
+    d.seed = 0  # shuffle seed; the order is a pure function of (seed, step)
+    d.prefetch = 2  # global batches prepared ahead of the device
+
+    c.train = t = ml_collections.ConfigDict()
+    t.num_steps = ml_collections.FieldReference(None, field_type=int)  # None: one epoch of the training split
+    t.micro_batch_size = 8  # sequences per data-parallel replica per micro batch
+    t.grad_accum = 1  # micro batches accumulated per optimizer step (lax.scan inside the step)
+    t.log_every = 10  # steps between train metric lines
+    t.eval_every = 100  # steps between full validation passes (also one at the end)
+    t.eval_batch_size = 0  # global eval batch; 0: same as the global train batch per micro batch
+    t.seed = 0  # model init and dropout seed
+    t.compute_dtype = "bfloat16"  # activations/matmuls; params and optimizer state stay float32
+    t.remat = "none"  # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block
+    t.z_loss = 0.0  # weight of the z-loss log(Z)^2 on the logits (0 disables)
+    t.peak_flops = ml_collections.FieldReference(None, field_type=float)  # FLOP/s per device for MFU; None: table by device kind
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.lr = 3e-4  # peak learning rate after warmup
+    o.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+    o.warmup_steps = 100  # linear warmup from 0 (capped at 10% of the run when the run is shorter)
+    o.b1 = 0.9  # AdamW beta1
+    o.b2 = 0.95  # AdamW beta2
+    o.eps = 1e-8  # AdamW epsilon
+    o.weight_decay = 0.1  # decoupled weight decay; never on embeddings, norms or biases
+    o.clip_norm = 1.0  # global gradient-norm clip (0 disables)
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.data = 1  # pure data parallel replicas; -1: all devices left over
+    ms.fsdp = -1  # shards params and optimizer state, and also splits the batch; -1: all devices left over
+    ms.tensor = 1  # splits heads, MLP hidden and vocab
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every = 500  # steps between asynchronous saves (also one at the end)
+    ck.keep = 3  # most recent checkpoints kept
+
+    c.wandb = w = ml_collections.ConfigDict()
+    w.mode = "offline"  # "offline" (files under the workdir) | "online" | "disabled"
+    w.project = "jaxgpt"  # W&B project
+    w.name = ""  # run name; "" lets W&B choose
+
+    return c
