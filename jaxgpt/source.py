@@ -1,0 +1,122 @@
+"""Training windows over one or more .pbin files: a Grain random-access data source.
+
+Window i of a file with T tokens and sequence length S is `tokens[i*S : i*S + S + 1]` (S + 1 tokens), for
+i < N = (T - 1) // S. This is Modalities' `PackedMemMapDatasetContinuous(block_size=S + 1, reuse_last_target=True)`:
+neighbouring windows share one token, documents are crossed freely and the tail is dropped. Several files are joined
+like Modalities' `CombinedDataset`: each file is windowed on its own, then the window lists are concatenated, so no
+window spans two files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxgpt.pbin import PackedDataError, open_tokens, read_header
+
+
+class PackedWindowSource:
+    """Random access to int32 windows of S + 1 tokens; picklable, thread-safe, memmaps opened lazily per process."""
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], seq_len: int):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = tuple(os.fspath(p) for p in paths)
+        if not self.paths:
+            raise ValueError("PackedWindowSource needs at least one .pbin path, got none")
+        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        self.seq_len = int(seq_len)
+
+        data_lens, widths, windows = [], [], []
+        for path in self.paths:
+            data_len, width, _ = read_header(path)
+            num_tokens = data_len // width
+            num_windows = max(num_tokens - 1, 0) // self.seq_len
+            if num_windows < 1:
+                raise PackedDataError(
+                    f"{path}: {num_tokens} tokens hold no window of seq_len + 1 = {self.seq_len + 1} tokens;"
+                    f" lower seq_len to at most {max(num_tokens - 1, 0)} or use more data"
+                )
+            if widths and width != widths[0]:
+                raise PackedDataError(
+                    f"{path}: token width {width} bytes differs from {self.paths[0]} ({widths[0]} bytes);"
+                    " pack every file with the same tokenizer"
+                )
+            data_lens.append(data_len)
+            widths.append(width)
+            windows.append(num_windows)
+        self.width = widths[0]  # bytes per token on disk, the same for every file
+        self._data_lens = tuple(data_lens)
+        self.windows_per_file = tuple(windows)
+        self.num_tokens = sum(d // self.width for d in data_lens)  # all tokens on disk, tails included
+        # first_window[f] = global index of file f's window 0; first_window[-1] = len(self)
+        self._first_window = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
+        self._views: list[np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return int(self._first_window[-1])
+
+    def __repr__(self) -> str:
+        return f"PackedWindowSource(paths={self.paths!r}, seq_len={self.seq_len})"
+
+    def __getstate__(self) -> dict:
+        # Worker processes reopen the memmaps themselves: a memmap or a lock does not travel through pickle.
+        state = self.__dict__.copy()
+        state["_views"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _windows(self) -> list[np.ndarray]:
+        """Per file, a read-only [N_f, S + 1] strided view of its memmap: row i is window i, nothing is copied."""
+        if self._views is None:
+            with self._lock:
+                if self._views is None:
+                    S = self.seq_len
+                    views = []
+                    for path, data_len, n in zip(self.paths, self._data_lens, self.windows_per_file):
+                        tokens = open_tokens(path, data_len, self.width)  # [T]
+                        views.append(np.lib.stride_tricks.sliding_window_view(tokens, S + 1)[::S][:n])  # [N_f, S+1]
+                    self._views = views
+        return self._views
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Window i: int32 [seq_len + 1]."""
+        return self.read_windows(np.asarray([i]))[0]
+
+    def _getitems(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Grain's batched-read protocol."""
+        return list(self.read_windows(np.asarray(indices)))
+
+    def read_windows(self, indices: np.ndarray) -> np.ndarray:
+        """Windows at `indices` (any int array of shape [n]) stacked into int32 [n, seq_len + 1]."""
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+            raise IndexError(f"window indices must be a 1-D int array, got dtype {indices.dtype} shape {indices.shape}")
+        n = len(self)
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            bad = indices[(indices < 0) | (indices >= n)][0]
+            raise IndexError(f"window {int(bad)} out of range: {self!r} has {n} windows")
+        views = self._windows()
+        if len(views) == 1:
+            out_NxW = views[0][indices].astype(np.int32)  # one gather of whole rows from the page cache
+            file_of = np.zeros(len(indices), np.int64)
+        else:
+            out_NxW = np.empty((len(indices), self.seq_len + 1), np.int32)
+            file_of = np.searchsorted(self._first_window, indices, side="right") - 1  # [n]
+            for f in np.unique(file_of):
+                rows = np.flatnonzero(file_of == f)
+                out_NxW[rows] = views[f][indices[rows] - self._first_window[f]]
+        if self.width == 4 and out_NxW.min(initial=0) < 0:
+            # A uint32 id >= 2**31 wrapped negative in int32: refuse rather than train on wrong ids.
+            f = int(file_of[np.flatnonzero((out_NxW < 0).any(axis=1))[0]])
+            raise PackedDataError(f"{self.paths[f]}: token id >= 2**31 does not fit int32 (corrupt file?)")
+        return out_NxW

@@ -1,0 +1,176 @@
+"""PackedWindowSource: Modalities' continuous windows, file concatenation, pickling, thread safety, bad input."""
+
+import json
+import pathlib
+import pickle
+import struct
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TEST_DATA
+from jaxgpt.pbin import PackedDataError, read_pbin
+from jaxgpt.source import PackedWindowSource
+
+REDPAJAMA_TRAIN = TEST_DATA / "redpajama_v2_samples_512_train.pbin"
+REDPAJAMA_TEST = TEST_DATA / "redpajama_v2_samples_512_test.pbin"
+MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
+
+
+def write_pbin(path: pathlib.Path, tokens, width: int = 2) -> pathlib.Path:
+    """A valid .pbin holding `tokens` as one document."""
+    data = np.asarray(tokens, dtype={1: "<u1", 2: "<u2", 4: "<u4"}[width]).tobytes()
+    path.write_bytes(struct.pack("<QI", len(data), width) + data + pickle.dumps([(0, len(data))], protocol=4))
+    return path
+
+
+def test_hand_computed_modalities_windows(tmp_path):
+    src = PackedWindowSource(write_pbin(tmp_path / "a.pbin", range(20)), seq_len=9)
+    assert len(src) == 2 and src.num_tokens == 20 and src.width == 2
+    np.testing.assert_array_equal(src[0], np.arange(0, 10))
+    np.testing.assert_array_equal(src[1], np.arange(9, 19))
+    assert src[0].dtype == np.int32 and src[0].shape == (10,)
+
+
+@pytest.mark.parametrize("num_tokens", [2, 10, 11, 20, 21, 57])
+def test_window_count_matches_modalities_formula(tmp_path, num_tokens):
+    path = write_pbin(tmp_path / "a.pbin", range(num_tokens))
+    for seq_len in range(1, num_tokens):
+        block = seq_len + 1  # Modalities' block_size: num_samples = (T - block) // (block - 1) + 1
+        src = PackedWindowSource(path, seq_len)
+        assert len(src) == (num_tokens - block) // (block - 1) + 1
+        last = src[len(src) - 1]
+        np.testing.assert_array_equal(last, np.arange((len(src) - 1) * seq_len, len(src) * seq_len + 1))
+
+
+def test_windows_equal_slices_of_bundled_redpajama():
+    tokens = read_pbin(REDPAJAMA_TRAIN).tokens()
+    src = PackedWindowSource(REDPAJAMA_TRAIN, seq_len=512)
+    assert len(src) == (len(tokens) - 1) // 512
+    picks = np.array([0, 1, 7, 700, len(src) - 1])
+    windows = src.read_windows(picks)
+    for row, i in zip(windows, picks):
+        np.testing.assert_array_equal(row, tokens[i * 512 : i * 512 + 513].astype(np.int32))
+        np.testing.assert_array_equal(src[int(i)], row)
+    np.testing.assert_array_equal(src._getitems([3, 1]), src.read_windows(np.array([3, 1])))
+
+
+def test_files_are_windowed_separately_then_concatenated(tmp_path):
+    a = write_pbin(tmp_path / "a.pbin", range(0, 23))  # 5 windows of S=4, tail 22 dropped
+    b = write_pbin(tmp_path / "b.pbin", range(100, 110))  # 2 windows, tail 109 dropped
+    src = PackedWindowSource([a, str(b)], seq_len=4)
+    assert len(src) == 7 and src.windows_per_file == (5, 2) and src.num_tokens == 33
+    assert src.paths == (str(a), str(b))
+    expected = [np.arange(4 * i, 4 * i + 5) for i in range(5)] + [np.arange(100, 105), np.arange(104, 109)]
+    np.testing.assert_array_equal(src.read_windows(np.arange(7)), np.stack(expected))
+    np.testing.assert_array_equal(src.read_windows(np.array([6, 0, 5, 4])), np.stack(expected)[[6, 0, 5, 4]])
+
+
+def test_pickles_without_memmap_and_reads_after_unpickle():
+    src = PackedWindowSource([REDPAJAMA_TRAIN, REDPAJAMA_TEST], seq_len=128)
+    expected = src.read_windows(np.array([0, 5, len(src) - 1]))  # opens the memmaps
+    blob = pickle.dumps(src)
+    assert len(blob) < 2000  # paths and counts only, never the tokens
+    clone = pickle.loads(blob)
+    assert clone._views is None and len(clone) == len(src)
+    np.testing.assert_array_equal(clone.read_windows(np.array([0, 5, len(src) - 1])), expected)
+
+
+def test_concurrent_first_reads_are_correct():
+    src = PackedWindowSource(REDPAJAMA_TRAIN, seq_len=64)
+    tokens = read_pbin(REDPAJAMA_TRAIN).tokens()
+    errors = []
+
+    def read(offset):
+        try:
+            for i in range(offset, len(src), 97):
+                if not np.array_equal(src[i], tokens[i * 64 : i * 64 + 65]):
+                    errors.append(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_other_token_widths(tmp_path, width):
+    tokens = np.arange(30) * (3 if width == 1 else 70001)
+    src = PackedWindowSource(write_pbin(tmp_path / "w.pbin", tokens, width), seq_len=7)
+    expected = np.stack([tokens[7 * i : 7 * i + 8] for i in range(4)])
+    np.testing.assert_array_equal(src.read_windows(np.arange(len(src))), expected)
+
+
+def test_token_id_beyond_int32_is_refused(tmp_path):
+    path = write_pbin(tmp_path / "big.pbin", [1, 2, 3, 2**31 + 5, 4], width=4)
+    src = PackedWindowSource(path, seq_len=2)
+    np.testing.assert_array_equal(src[0], [1, 2, 3])
+    with pytest.raises(PackedDataError, match="big.pbin.*2\\*\\*31"):
+        src[1]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PackedDataError, match="nope.pbin: no such file"):
+        PackedWindowSource([write_pbin(tmp_path / "a.pbin", range(9)), tmp_path / "nope.pbin"], seq_len=2)
+
+
+def test_seq_len_too_long_names_the_file(tmp_path):
+    path = write_pbin(tmp_path / "short.pbin", range(10))
+    PackedWindowSource(path, seq_len=9)  # exactly one window
+    with pytest.raises(PackedDataError, match=r"short.pbin: 10 tokens hold no window of seq_len \+ 1 = 11"):
+        PackedWindowSource(path, seq_len=10)
+
+
+def test_different_token_widths_are_refused(tmp_path):
+    a = write_pbin(tmp_path / "a.pbin", range(9), width=2)
+    b = write_pbin(tmp_path / "b.pbin", range(9), width=4)
+    with pytest.raises(PackedDataError, match=r"b.pbin: token width 4 bytes differs from .*a.pbin \(2 bytes\)"):
+        PackedWindowSource([a, b], seq_len=2)
+
+
+@pytest.mark.parametrize("seq_len", [0, -3, True, 2.5, "8"])
+def test_bad_seq_len(tmp_path, seq_len):
+    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+        PackedWindowSource(write_pbin(tmp_path / "a.pbin", range(9)), seq_len=seq_len)
+
+
+def test_no_paths():
+    with pytest.raises(ValueError, match="at least one .pbin path"):
+        PackedWindowSource([], seq_len=4)
+
+
+def test_out_of_range_and_bad_indices(tmp_path):
+    src = PackedWindowSource(write_pbin(tmp_path / "a.pbin", range(20)), seq_len=9)
+    with pytest.raises(IndexError, match="window 2 out of range.*has 2 windows"):
+        src[2]
+    with pytest.raises(IndexError, match="window -1 out of range"):
+        src[-1]
+    with pytest.raises(IndexError, match="1-D int array"):
+        src.read_windows(np.array([0.5]))
+
+
+@pytest.mark.skipif(not MODALITIES_PYTHON.exists(), reason="Modalities venv (.bench_cache/modalities-venv) not present")
+def test_equals_modalities_combined_continuous_dataset():
+    """Modalities itself reads the same windows through CombinedDataset(PackedMemMapDatasetContinuous...)."""
+    seq_len = 256
+    src = PackedWindowSource([REDPAJAMA_TRAIN, REDPAJAMA_TEST], seq_len)
+    n_train = src.windows_per_file[0]
+    picks = [0, 1, 1000, n_train - 1, n_train, n_train + 1, len(src) - 1]  # across the file boundary
+    script = f"""
+import json
+from pathlib import Path
+from modalities.dataloader.dataset import CombinedDataset, PackedMemMapDatasetContinuous
+paths = {[str(REDPAJAMA_TRAIN), str(REDPAJAMA_TEST)]!r}
+ds = CombinedDataset([PackedMemMapDatasetContinuous(Path(p), "x", {seq_len} + 1, True) for p in paths])
+print(json.dumps({{"len": int(len(ds)), "rows": [[int(t) for t in ds[i]["x"]] for i in {picks!r}]}}))
+"""
+    out = subprocess.run([str(MODALITIES_PYTHON), "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    ref = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(src) == ref["len"]
+    np.testing.assert_array_equal(src.read_windows(np.array(picks)), np.array(ref["rows"]))
