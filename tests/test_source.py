@@ -170,7 +170,8 @@ paths = {[str(REDPAJAMA_TRAIN), str(REDPAJAMA_TEST)]!r}
 ds = CombinedDataset([PackedMemMapDatasetContinuous(Path(p), "x", {seq_len} + 1, True) for p in paths])
 print(json.dumps({{"len": int(len(ds)), "rows": [[int(t) for t in ds[i]["x"]] for i in {picks!r}]}}))
 """
-    out = subprocess.run([str(MODALITIES_PYTHON), "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    cmd = [str(MODALITIES_PYTHON), "-c", script]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
     ref = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(src) == ref["len"]
     np.testing.assert_array_equal(src.read_windows(np.array(picks)), np.array(ref["rows"]))
