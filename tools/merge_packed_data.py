@@ -1,0 +1,36 @@
+"""Concatenates .pbin files into one with correct document offsets (Modalities' merge gets them wrong by 12 per file).
+
+    python tools/merge_packed_data.py [--file_existence_policy error|skip|override] OUT.pbin IN1.pbin [IN2.pbin | DIR ...]
+
+A directory stands for every .pbin below it, in sorted path order. Inputs may use the old offset-12 index layout.
+"""
+
+import argparse
+import pathlib
+
+from _cli import clean_errors
+
+from jaxgpt.packing import FILE_EXISTENCE_POLICIES, _check_output
+from jaxgpt.pbin import merge_pbin
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dst_path", help="output .pbin")
+    p.add_argument("src_paths", nargs="+", help=".pbin files or directories holding them")
+    p.add_argument("--file_existence_policy", choices=FILE_EXISTENCE_POLICIES, default="error")
+    args = p.parse_args()
+    srcs = []
+    for s in map(pathlib.Path, args.src_paths):
+        srcs.extend(sorted(s.glob("**/*.pbin")) if s.is_dir() else [s])
+    with clean_errors():
+        if not srcs:
+            raise SystemExit(f"error: no .pbin files in {' '.join(args.src_paths)}")
+        if not _check_output(args.dst_path, args.file_existence_policy, [str(s) for s in srcs]):
+            return
+        merged = merge_pbin(args.dst_path, srcs)
+    print(f"wrote {merged.path}: {len(srcs)} files, {merged.num_docs} documents, {merged.num_tokens} tokens")
+
+
+if __name__ == "__main__":
+    main()
