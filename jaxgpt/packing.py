@@ -222,7 +222,7 @@ class _Extractor:
         if value is None:
             raise _Fault(f"jq pattern {self.pattern!r} yields null")
         if not isinstance(value, str):
-            raise _Fault(f"jq pattern {self.pattern!r} yields a {type(value).__name__}, expected a string")
+            raise _Fault(f"jq pattern {self.pattern!r} yields a value of type {type(value).__name__}, expected a string")
         if not value.isascii():
             try:
                 value.encode("utf-8")
