@@ -1,0 +1,65 @@
+"""The CLI tools end to end through subprocess: byte-identical outputs, clean errors, and no jax import."""
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO, TEST_DATA, TOKENIZER
+
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _run(*args, check=True):
+    proc = subprocess.run([PY, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_index_pack_merge_inspect_end_to_end(tmp_path):
+    src = TEST_DATA / "lorem_ipsum_long.jsonl"
+    _run("tools/create_memmap_index.py", "--index_path", tmp_path / "l.idx", src)
+    assert (tmp_path / "l.idx").read_bytes() == (TEST_DATA / "lorem_ipsum_long.idx").read_bytes()
+    pack = ["tools/create_packed_data.py", "--jq_pattern", ".text", "--tokenizer_file", TOKENIZER]
+    pack += ["--index_path", tmp_path / "l.idx", "--dst_path", tmp_path / "l.pbin", "--num_processes", "2", src]
+    out = _run(*pack).stdout
+    assert "500 documents" in out
+    assert (tmp_path / "l.pbin").read_bytes() == (TEST_DATA / "lorem_ipsum_long.pbin").read_bytes()
+    again = _run(*pack, check=False)  # the default policy refuses to overwrite, with a one-line error
+    assert again.returncode == 1 and "l.pbin: file exists" in again.stderr and "Traceback" not in again.stderr
+    _run("tools/merge_packed_data.py", tmp_path / "m.pbin", tmp_path / "l.pbin", TEST_DATA / "lorem_ipsum.pbin")
+    shown = _run("tools/inspect_pbin.py", tmp_path / "m.pbin", "--tokenizer_file", TOKENIZER, "--doc", "-1").stdout
+    assert "num_docs: 512" in shown and "verdict: valid" in shown and "current (index offsets start at 0)" in shown
+    assert shown.rstrip().endswith("<|endoftext|>")
+
+
+def test_bad_line_cli_error_and_skip(tmp_path):
+    src = tmp_path / "b.jsonl"
+    src.write_bytes(b'{"text": "one"}\n{"text": null}\n{"text": "three"}\n')
+    _run("tools/create_memmap_index.py", src)
+    pack = ["tools/create_packed_data.py", "--jq_pattern", ".text", "--tokenizer_file", TOKENIZER, src]
+    failed = _run(*pack, check=False)
+    assert failed.returncode == 1 and f"{src}:2: jq pattern '.text' yields null" in failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "b.pbin").exists()
+    skipped = _run(*pack, "--skip_faulty_lines")
+    assert "2 documents" in skipped.stdout and f"skipped 1 faulty line(s):\n  {src}:2:" in skipped.stderr
+    corrupt = tmp_path / "c.pbin"
+    corrupt.write_bytes((tmp_path / "b.pbin").read_bytes()[:-5])
+    shown = _run("tools/inspect_pbin.py", corrupt, check=False)
+    assert shown.returncode == 1 and "INVALID" in shown.stdout
+
+
+def test_tools_do_not_import_jax(tmp_path):
+    src = TEST_DATA / "lorem_ipsum.jsonl"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['x', '--jq_pattern', '.text', '--tokenizer_file', {str(TOKENIZER)!r}, '--num_processes', '1',"
+        f" '--index_path', {str(TEST_DATA / 'lorem_ipsum.idx')!r}, '--dst_path', {str(tmp_path / 'x.pbin')!r}, {str(src)!r}]\n"
+        "sys.path.insert(0, 'tools')\n"
+        "runpy.run_path('tools/create_packed_data.py', run_name='__main__')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'grain', 'torch'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = _run("-c", code).stdout
+    assert "HEAVY []" in out
