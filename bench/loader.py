@@ -1,0 +1,126 @@
+"""Tokens per second delivered by the shuffled training pipeline, in one process.
+
+    flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/loader.py [--batch 8] [--seq-len 512] [--seconds 3] [--design]
+
+Counts window tokens, batch x (seq_len + 1) per step (inputs and targets are two views of those). Two stages:
+  host numpy  - this host's rows as numpy arrays (shuffle + gather), the part a data loader is responsible for
+  jax.Array   - the same batches delivered by train_batches as global jax.Arrays on the default devices
+on the bundled RedPajama train .pbin (1.5 MB, always in the page cache) and on a synthetic 256 MiB .pbin of random
+tokens (random windows over a bigger file; it is freshly written, so mostly still in the page cache too).
+"""
+
+import argparse
+import os
+import pathlib
+import pickle
+import struct
+import sys
+import tempfile
+import time
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from jaxgpt.batches import host_train_dataset, train_batches  # noqa: E402
+from jaxgpt.source import PackedWindowSource  # noqa: E402
+
+BUNDLED = REPO / "tests" / "data" / "redpajama_v2_samples_512_train.pbin"
+
+
+def write_synthetic(path: pathlib.Path, num_tokens: int) -> None:
+    """Random GPT-2-range uint16 tokens as one document."""
+    data = np.random.default_rng(0).integers(0, 50257, num_tokens, dtype=np.uint16).tobytes()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<QI", len(data), 2))
+        f.write(data)
+        f.write(pickle.dumps([(0, len(data))], protocol=4))
+
+
+def rate(iterator, tokens_per_batch: int, seconds: float, finish=lambda b: b) -> tuple[float, int]:
+    """Tokens/s over whole batches pulled for about `seconds`, after 20 warm-up batches."""
+    for _ in range(20):
+        next(iterator)
+    n, start = 0, time.perf_counter()
+    while True:
+        last = next(iterator)
+        n += 1
+        if n % 50 == 0 and time.perf_counter() - start > seconds:
+            break
+    finish(last)
+    return n * tokens_per_batch / (time.perf_counter() - start), n
+
+
+def measure(name: str, src: PackedWindowSource, batch: int, seconds: float) -> None:
+    tokens = batch * (src.seq_len + 1)
+    # The host stage exactly as train_batches runs it, minus the device transfer.
+    ds = host_train_dataset(src, global_batch_size=batch, seed=0, rows=(0, batch))
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+    host, n_host = rate(it, tokens, seconds)
+    it.close()
+    sharding = NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)), P("data"))
+    with train_batches(src, global_batch_size=batch, seed=0, sharding=sharding) as it:
+        dev, n_dev = rate(it, tokens, seconds, finish=jax.block_until_ready)
+    print(
+        f"{name:<34} windows={len(src):>9,}  batch {batch} x {src.seq_len + 1}:  "
+        f"host numpy {host / 1e6:7.1f}M tok/s ({n_host} batches)   "
+        f"jax.Array {dev / 1e6:6.1f}M tok/s ({n_dev} batches)"
+    )
+
+
+def design_choices(src: PackedWindowSource, batch: int, seconds: float) -> None:
+    """The numbers behind two choices in batches.py: no Grain read threads, and no index_shuffle below 2**24 windows."""
+    tokens = batch * (src.seq_len + 1)
+    ds = host_train_dataset(src, global_batch_size=batch, seed=0, rows=(0, batch))
+    for threads, buffer in [(0, 0), (1, 4), (2, 16), (4, 16)]:
+        it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer)))
+        tok_s, _ = rate(it, tokens, seconds / 3)
+        it.close()
+        options = f"num_threads={threads}, prefetch_buffer_size={buffer:>2}"
+        print(f"  Grain ReadOptions({options}): {tok_s / 1e6:6.1f}M tok/s")
+    for n in [8, 100, 1535, 65536, 10**8]:
+        calls = max(20, min(20000, 200_000 // n))
+        start = time.perf_counter()
+        for i in range(calls):
+            grain.experimental.index_shuffle(i % n, n - 1, 5, 4)
+        per_call = (time.perf_counter() - start) / calls
+        print(f"  grain index_shuffle over N = {n:>11,} windows: {per_call * 1e6:8.1f} us per window")
+    sharding = NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)), P("data"))
+    local = {"inputs": np.zeros((batch, src.seq_len), np.int32), "targets": np.zeros((batch, src.seq_len), np.int32)}
+    jax.block_until_ready(jax.device_put(local, sharding))
+    start = time.perf_counter()
+    for _ in range(500):
+        out = jax.device_put(local, sharding)
+    jax.block_until_ready(out)
+    per_put_us = (time.perf_counter() - start) / 500 * 1e6
+    print(f"  jax.device_put of one {batch} x {src.seq_len} inputs+targets dict: {per_put_us:.0f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--synthetic-mib", type=int, default=256)
+    parser.add_argument("--design", action="store_true", help="also time the alternatives batches.py rejected")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, grain {grain.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}")
+    measure("bundled RedPajama train .pbin", PackedWindowSource(BUNDLED, args.seq_len), args.batch, args.seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "synthetic.pbin"
+        write_synthetic(path, args.synthetic_mib * 2**20 // 2)
+        src = PackedWindowSource(path, args.seq_len)
+        measure(f"synthetic {args.synthetic_mib} MiB .pbin", src, args.batch, args.seconds)
+        measure(f"synthetic {args.synthetic_mib} MiB .pbin", src, 8 * args.batch, args.seconds)
+    if args.design:
+        print("design choices (bundled .pbin):")
+        design_choices(PackedWindowSource(BUNDLED, args.seq_len), args.batch, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
