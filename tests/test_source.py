@@ -1,11 +1,13 @@
 """PackedWindowSource: Modalities' continuous windows, file concatenation, pickling, thread safety, bad input."""
 
 import json
+import multiprocessing
 import pathlib
 import pickle
 import struct
 import subprocess
 import threading
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -76,6 +78,15 @@ def test_pickles_without_memmap_and_reads_after_unpickle():
     clone = pickle.loads(blob)
     assert clone._views is None and len(clone) == len(src)
     np.testing.assert_array_equal(clone.read_windows(np.array([0, 5, len(src) - 1])), expected)
+
+
+def test_reads_in_a_fresh_worker_process():
+    """What Grain's mp_prefetch does: the source travels by pickle to a spawned process that opens its own memmaps."""
+    src = PackedWindowSource([REDPAJAMA_TRAIN, REDPAJAMA_TEST], seq_len=512)
+    picks = np.array([len(src) - 1, 0, src.windows_per_file[0]])
+    expected = src.read_windows(picks)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        np.testing.assert_array_equal(pool.submit(src.read_windows, picks).result(timeout=60), expected)
 
 
 def test_concurrent_first_reads_are_correct():
