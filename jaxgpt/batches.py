@@ -204,34 +204,39 @@ def eval_batches(
     return Batches(host, sharding, global_batch_size, prefetch)
 
 
-def data_parallel_size(sharding: jax.sharding.NamedSharding) -> int:
-    """Shards of the batch dimension: the product of the mesh sizes of the axes in the spec's first entry."""
+def _batch_axes(sharding: jax.sharding.NamedSharding) -> tuple[str, ...]:
     if not isinstance(sharding, jax.sharding.NamedSharding):
         raise ValueError(f"batch sharding must be a jax.sharding.NamedSharding, got {type(sharding).__name__}")
     axes = sharding.spec[0] if len(sharding.spec) else None
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(sharding.mesh.shape[a] for a in axes)
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def data_parallel_size(sharding: jax.sharding.NamedSharding) -> int:
+    """Shards of the batch dimension: the product of the mesh sizes of the axes in the spec's first entry."""
+    return math.prod(sharding.mesh.shape[a] for a in _batch_axes(sharding))
 
 
 def host_rows(sharding: jax.sharding.NamedSharding, global_batch_size: int) -> tuple[int, int]:
     """Rows [h*G/P, (h+1)*G/P) this process feeds, after checking that its devices hold exactly those rows."""
     _check_positive("global_batch_size", global_batch_size)
+    axes = _batch_axes(sharding)
     dp = data_parallel_size(sharding)
     if global_batch_size % dp:
         raise ValueError(
             f"global batch size {global_batch_size} is not divisible by the data-parallel size {dp}"
-            f" (batch axes {sharding.spec[0]!r} of mesh {dict(sharding.mesh.shape)})"
+            f" (batch axes {axes} of mesh {dict(sharding.mesh.shape)})"
         )
     rows = process_rows(global_batch_size, jax.process_index(), jax.process_count())
     # make_array_from_process_local_data fills the rows this process's devices own; they must be the rows we read.
-    owned = sharding.addressable_devices_indices_map((global_batch_size, 1))
-    starts = [s[0].start or 0 for s in owned.values()]
-    stops = [global_batch_size if s[0].stop is None else s[0].stop for s in owned.values()]
-    if (min(starts), max(stops)) != rows:
+    batch_only = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(axes or None))
+    owned = batch_only.addressable_devices_indices_map((global_batch_size,)).values()  # one (slice,) per device
+    owned = [index[0].indices(global_batch_size) for index in owned]  # (start, stop, step)
+    owned_rows = (min(start for start, _, _ in owned), max(stop for _, stop, _ in owned))
+    if owned_rows != rows:
         raise ValueError(
-            f"process {jax.process_index()} of {jax.process_count()} owns batch rows [{min(starts)}, {max(stops)}) "
-            f"under {sharding.spec} but the pipeline feeds rows {list(rows)}: build the mesh so that each process "
-            "holds one contiguous block of the batch axes (jax.make_mesh does)"
+            f"process {jax.process_index()} of {jax.process_count()} owns batch rows {list(owned_rows)} under"
+            f" {sharding.spec} but the pipeline feeds rows {list(rows)}: build the mesh so that each process"
+            " holds one contiguous block of the batch axes (jax.make_mesh does)"
         )
     return rows
 

@@ -124,7 +124,9 @@ def test_index_shuffle_path_for_huge_datasets(source, monkeypatch):
     np.testing.assert_array_equal(train_ids(source, 8, seed=1, steps=E, start_step=E), ids[E:])
 
 
-@pytest.mark.parametrize("spec", [P(("data", "fsdp")), P("data"), P(("data", "fsdp", "tensor"), None)])
+@pytest.mark.parametrize(
+    "spec", [P(("data", "fsdp")), P("data"), P(("data", "fsdp", "tensor"), None), P(("data", "fsdp"), "tensor"), P()]
+)
 def test_global_arrays_on_an_8_device_mesh(source, mesh, spec):
     sharding = NamedSharding(mesh, spec)
     host = host_train_dataset(source, global_batch_size=8, seed=0, rows=(0, 8), start_step=2)
@@ -239,3 +241,11 @@ def test_read_errors_surface_from_the_iterator(tmp_path, mesh):
         with pytest.raises(ValueError, match="wide.pbin: token id >= 2\\*\\*31"):
             next(it)
 
+
+
+def test_rows_owned_by_this_process_must_be_the_rows_it_reads(mesh, monkeypatch):
+    """Pretend to be process 0 of 2 while owning all 8 devices: the feed would be half the rows, so it refuses."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    with pytest.raises(ValueError, match=r"process 0 of 2 owns batch rows \[0, 8\].*feeds rows \[0, 4\]"):
+        host_rows(NamedSharding(mesh, P(("data", "fsdp"))), 8)
