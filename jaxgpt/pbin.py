@@ -333,6 +333,7 @@ class PbinWriter:
         self.f = open(self.path, "wb")
         self.f.write(_HEADER.pack(0, width))  # data_len is patched in close(), once it is known
         self.doc_lengths: list[np.ndarray] = []  # tokens per document, one array per write
+        self.num_docs = 0
         self.num_tokens = 0
 
     def write(self, tokens: np.ndarray, doc_token_counts: np.ndarray) -> None:
@@ -344,6 +345,7 @@ class PbinWriter:
             raise PackedDataError(f"{self.path}: document token counts sum to {counts.sum()}, got {len(tokens)} tokens")
         self.f.write(tokens.tobytes())
         self.doc_lengths.append(counts)
+        self.num_docs += len(counts)
         self.num_tokens += len(tokens)
 
     def write_raw(self, data: bytes | memoryview, doc_byte_lengths: np.ndarray) -> None:
@@ -351,19 +353,22 @@ class PbinWriter:
         lengths = np.asarray(doc_byte_lengths, dtype=np.int64)
         self.f.write(data)
         self.doc_lengths.append(lengths // self.width)
+        self.num_docs += len(lengths)
         self.num_tokens += len(data) // self.width
-
-    @property
-    def num_docs(self) -> int:
-        return sum(len(c) for c in self.doc_lengths)
 
     def close(self) -> None:
         """Writes the index pickle after the data and patches data_len into the header."""
-        lengths = np.concatenate(self.doc_lengths) * self.width if self.doc_lengths else np.zeros(0, np.int64)
-        offsets = np.cumsum(lengths) - lengths
-        write_pairs(self.f, np.stack([offsets, lengths], axis=1))
+        pairs_Nx2 = np.empty((self.num_docs, 2), np.int64)  # (byte offset, byte length); 16 bytes per document
+        if self.doc_lengths:
+            np.concatenate(self.doc_lengths, out=pairs_Nx2[:, 1])
+        self.doc_lengths = []
+        pairs_Nx2[:, 1] *= self.width
+        np.cumsum(pairs_Nx2[:, 1], out=pairs_Nx2[:, 0])
+        data_len = int(pairs_Nx2[-1, 0]) if len(pairs_Nx2) else 0
+        pairs_Nx2[:, 0] -= pairs_Nx2[:, 1]
+        write_pairs(self.f, pairs_Nx2)
         self.f.seek(0)
-        self.f.write(_HEADER.pack(int(lengths.sum()), self.width))
+        self.f.write(_HEADER.pack(data_len, self.width))
         self.f.close()
 
     def abort(self) -> None:
@@ -528,6 +533,7 @@ def merge_pbin(dst: str | os.PathLike, srcs: Sequence[str | os.PathLike], chunk_
                     for start in range(0, pf.data_len, chunk_bytes):
                         writer.f.write(src.read(min(chunk_bytes, pf.data_len - start)))
                 writer.doc_lengths.append(pf.doc_bytes[:, 1] // pf.width)
+                writer.num_docs += pf.num_docs
                 writer.num_tokens += pf.num_tokens
             writer.close()
         except BaseException:
