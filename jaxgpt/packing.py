@@ -233,6 +233,7 @@ class _Extractor:
 
 @dataclasses.dataclass
 class _WorkerSpec:
+    src: str
     tokenizer: Tokenizer
     jq_pattern: str
     eod_id: int
@@ -240,19 +241,20 @@ class _WorkerSpec:
     quiet_hf_threads: bool  # several worker processes: HF's own thread pool would only oversubscribe the cores
 
 
-_WORKER: tuple[_WorkerSpec, _Extractor] | None = None
+_WORKER: tuple[_WorkerSpec, _Extractor, object] | None = None
 
 
 def _init_worker(spec: _WorkerSpec) -> None:
     global _WORKER
     if spec.quiet_hf_threads:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER = (spec, _Extractor(spec.jq_pattern))
+    _WORKER = (spec, _Extractor(spec.jq_pattern), open(spec.src, "rb"))  # each process reads its own lines
 
 
-def _encode_lines(first: int, lines: list[bytes]) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Entries first.. -> (first, tokens of the good lines back to back, tokens per good line, [(entry, fault)])."""
-    spec, extract = _WORKER
+def _encode_lines(first: int, entries_Mx2: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Index entries first.. -> (first, tokens of the good lines back to back, tokens per good line, [(entry, fault)])."""
+    spec, extract, f = _WORKER
+    lines = _read_lines(f, entries_Mx2)
     faults: list[tuple[int, str]] = []
     texts, entries = [], []
     for k, raw in enumerate(lines):
@@ -317,27 +319,29 @@ class PackReport:
     seconds: float
 
 
-def _batches(src: str, index_Nx2: np.ndarray, batch_bytes: int):
-    """(first entry, [line bytes]) in index order, about batch_bytes each, read with one seek+read per batch."""
-    offsets, lengths = index_Nx2[:, 0], index_Nx2[:, 1]
-    ends = np.cumsum(lengths)
-    with open(src, "rb") as f:
-        i, n = 0, len(index_Nx2)
-        while i < n:
-            j = max(int(np.searchsorted(ends, ends[i] - lengths[i] + batch_bytes, side="right")), i + 1)
-            j = min(j, n)
-            lo, hi = int(offsets[i:j].min()), int((offsets[i:j] + lengths[i:j]).max())
-            if hi - lo <= 2 * int(lengths[i:j].sum()) + (1 << 20):  # the usual case: lines back to back in the file
-                f.seek(lo)
-                buf = f.read(hi - lo)
-                lines = [buf[o - lo : o - lo + ln] for o, ln in zip(offsets[i:j].tolist(), lengths[i:j].tolist())]
-            else:  # an index that jumps around: read each line on its own
-                lines = []
-                for o, ln in zip(offsets[i:j].tolist(), lengths[i:j].tolist()):
-                    f.seek(o)
-                    lines.append(f.read(ln))
-            yield i, lines
-            i = j
+def _batches(index_Nx2: np.ndarray, batch_bytes: int):
+    """(first entry, [num, 2] slice of the index) in index order, about batch_bytes of JSONL each."""
+    ends = np.cumsum(index_Nx2[:, 1])
+    i, n = 0, len(index_Nx2)
+    while i < n:
+        j = min(max(int(np.searchsorted(ends, ends[i] - index_Nx2[i, 1] + batch_bytes, side="right")), i + 1), n)
+        yield i, index_Nx2[i:j]
+        i = j
+
+
+def _read_lines(f, entries_Mx2: np.ndarray) -> list[bytes]:
+    """The lines an index slice names, with one seek+read when they lie close together (the usual case)."""
+    offsets, lengths = entries_Mx2[:, 0].tolist(), entries_Mx2[:, 1].tolist()
+    lo, hi = min(offsets), max(o + n for o, n in zip(offsets, lengths))
+    if hi - lo <= 2 * sum(lengths) + (1 << 20):
+        f.seek(lo)
+        buf = f.read(hi - lo)
+        return [buf[o - lo : o - lo + n] for o, n in zip(offsets, lengths)]
+    lines = []
+    for o, n in zip(offsets, lengths):  # an index that jumps around: read each line on its own
+        f.seek(o)
+        lines.append(f.read(n))
+    return lines
 
 
 def pack_jsonl(
@@ -394,7 +398,7 @@ def pack_jsonl(
     num_processes = num_processes or os.cpu_count() or 1
     if num_processes < 1:
         raise PackedDataError(f"num_processes must be >= 1, got {num_processes}")
-    spec = _WorkerSpec(tokenizer, jq_pattern, eod_id, tokenizer.width, quiet_hf_threads=num_processes > 1)
+    spec = _WorkerSpec(src, tokenizer, jq_pattern, eod_id, tokenizer.width, quiet_hf_threads=num_processes > 1)
     skipped: list[tuple[int, str]] = []
     pbar = None
     with atomic_output(dst) as tmp:
@@ -429,12 +433,12 @@ def pack_jsonl(
                 pbar.set_postfix_str(f"{writer.num_tokens / elapsed / 1e6:.2f}M tok/s", refresh=False)
 
             if pool is None:
-                for first, lines in _batches(src, index_Nx2, batch_bytes):
-                    consume(_encode_lines(first, lines))
+                for first, entries in _batches(index_Nx2, batch_bytes):
+                    consume(_encode_lines(first, entries))
             else:
                 in_flight = collections.deque()  # bounded: the reader never runs more than 2 batches per worker ahead
-                for first, lines in _batches(src, index_Nx2, batch_bytes):
-                    in_flight.append(pool.apply_async(_encode_lines, (first, lines)))
+                for first, entries in _batches(index_Nx2, batch_bytes):
+                    in_flight.append(pool.apply_async(_encode_lines, (first, entries)))
                     if len(in_flight) >= 2 * num_processes:
                         consume(in_flight.popleft().get())
                 while in_flight:
@@ -447,6 +451,8 @@ def pack_jsonl(
             if pool is not None:
                 pool.terminate()
                 pool.join()
+            elif _WORKER is not None:
+                _WORKER[2].close()
             if pbar is not None:
                 pbar.close()
     if not writer.num_docs:
