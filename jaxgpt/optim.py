@@ -1,0 +1,88 @@
+"""AdamW with global-norm clipping, a decay mask, and linear warmup then cosine decay."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    clip_norm: float
+
+    def __post_init__(self):
+        checks = {
+            "lr": self.lr > 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "warmup_steps": isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            "b1": 0 <= self.b1 < 1,
+            "b2": 0 <= self.b2 < 1,
+            "eps": self.eps > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "clip_norm": self.clip_norm >= 0,
+        }
+        rules = {"lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": "an int >= 0", "b1": "in [0, 1)"}
+        rules |= {"b2": "in [0, 1)", "eps": "> 0", "weight_decay": ">= 0", "clip_norm": ">= 0 (0 disables)"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"optim.{name}={getattr(self, name)!r} must be {rules[name]}")
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> "OptimConfig":
+        """From the root config's optim section."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg.optim) - fields)
+        if unknown:
+            raise ValueError(f"unknown optim option(s) {['optim.' + k for k in unknown]}; known: {sorted(fields)}")
+        return cls(**{name: cfg.optim[name] for name in fields})
+
+
+def warmup_steps(cfg: OptimConfig, num_steps: int) -> int:
+    """optim.warmup_steps, capped at 10% of a shorter run."""
+    return min(cfg.warmup_steps, num_steps // 10)
+
+
+def lr_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
+    """Step s (0-based): lr * (s + 1) / W for s < W, then cosine from lr to lr * min_lr_ratio at step num_steps - 1."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"train.num_steps={num_steps!r} must be a positive int")
+    warm = warmup_steps(cfg, num_steps)
+    decay = max(1, num_steps - 1 - warm)
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm_lr = peak * (step + 1.0) / max(warm, 1)
+        progress = jnp.clip((step - warm) / decay, 0.0, 1.0)
+        cos_lr = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return jnp.where(step < warm, warm_lr, cos_lr)
+
+    return schedule
+
+
+def decay_mask(params):
+    """True for linear kernels and an untied lm_head (Modalities' grouping); no decay on wte, wpe, norms, biases."""
+
+    def decays(path, _leaf) -> bool:
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return "kernel" in names or "lm_head" in names
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(cfg: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+    """Clip the global gradient norm (if clip_norm > 0), then AdamW with the schedule and the decay mask."""
+    adamw = optax.adamw(
+        lr_schedule(cfg, num_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm > 0 else adamw

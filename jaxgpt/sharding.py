@@ -1,0 +1,72 @@
+"""The device mesh and the one table that maps logical axis names to its axes.
+
+Layers name logical axes only ("vocab", "embed", ...); this file alone decides which mesh axes they land on.
+Mesh axes: "data" (pure replicas), "fsdp" (replicas that also shard params and optimizer state), "tensor" (splits heads,
+MLP hidden and vocab). The batch is split over data x fsdp. All axes are Auto: GSPMD inserts the collectives.
+"""
+
+import math
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),  # activations and token arrays: rows split over every replica
+    ("seq", None),  # sequence positions stay whole on a device
+    ("act_embed", None),  # activations' model dim D: whole, so matmuls need no reduction over it
+    ("embed", "fsdp"),  # parameters' model dim D: FSDP shards weights (and Adam moments) along it
+    ("heads", "tensor"),  # query heads (and c_proj rows), in params and activations
+    ("kv_heads", "tensor"),  # key/value heads
+    ("mlp", "tensor"),  # MLP hidden F
+    ("vocab", "tensor"),  # vocab V of wte/lm_head and of the logits
+    ("norm", None),  # norm scales and biases, positions table rows: small, replicated
+)
+_RULES = dict(LOGICAL_AXIS_RULES)
+
+
+def logical_spec(*names: str | None) -> PartitionSpec:
+    """PartitionSpec for an array whose dims have these logical names (None: not sharded)."""
+    unknown = [n for n in names if n is not None and n not in _RULES]
+    if unknown:
+        raise ValueError(f"logical axis names {unknown} are not in LOGICAL_AXIS_RULES {sorted(_RULES)}")
+    return PartitionSpec(*(None if n is None else _RULES[n] for n in names))
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+    """Sharding constraint by logical names; a no-op outside a mesh context (single device, notebooks)."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(*names))
+
+
+def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
+    """Mesh with axes ("data", "fsdp", "tensor"); at most one size may be -1 (all devices left over)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}
+    for key, size in sizes.items():
+        if not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(f"{key}={size!r} must be a positive int or -1 (all devices left over)")
+    free = [key for key, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise ValueError(f"{' and '.join(free)} are both -1; at most one mesh axis may take the devices left over")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if len(devices) % fixed:
+            raise ValueError(f"{sizes} cannot fill {len(devices)} devices: {len(devices)} is not a multiple of {fixed}")
+        sizes[free[0]] = len(devices) // fixed
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(f"{sizes} multiply to {math.prod(sizes.values())} but there are {len(devices)} devices")
+    shape = tuple(sizes.values())
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of [G, T] token arrays: rows over data x fsdp."""
+    return NamedSharding(mesh, logical_spec("batch", "seq"))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch is split: data x fsdp."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]

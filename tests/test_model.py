@@ -1,0 +1,190 @@
+"""The GPT module: shapes, causality, parameter counts, GQA, and logits equal to Modalities' GPT2LLM."""
+
+import dataclasses
+import json
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO
+from jaxgpt.model import GPT, ModelConfig, count_params, flops_per_token, peak_flops
+
+MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
+
+SMALL = ModelConfig(
+    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=128, mlp="swiglu", pos_emb="rope",
+    rope_base=10000.0, norm="layer", norm_eps=1e-5, qk_norm=False, use_bias=False, tie_embeddings=True, dropout=0.0,
+    init_std=0.02, seq_len=16,
+)  # fmt: skip
+
+VARIANTS = {
+    "gqa_rope_swiglu_tied": {},
+    "mha_gelu_learned_bias_untied": dict(n_head_kv=4, mlp="gelu", pos_emb="learned", use_bias=True, tie_embeddings=False),
+    "rms_qknorm_nopos": dict(norm="rms", qk_norm=True, pos_emb="none"),
+    "layer_qknorm_mqa": dict(n_head_kv=1, qk_norm=True),
+    "rms_qknorm_rope_gqa": dict(norm="rms", qk_norm=True),
+}
+
+
+def _tokens(B=2, T=16, V=256, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, V, (B, T)), jnp.int32)
+
+
+@nnx.jit
+def _logits(model, tokens_BxT):
+    return model(tokens_BxT)
+
+
+def test_logits_shape_and_dtype():
+    model = GPT(SMALL, rngs=nnx.Rngs(0))
+    logits = _logits(model, _tokens())
+    assert logits.shape == (2, 16, 256) and logits.dtype == jnp.float32
+    bf16 = GPT(SMALL, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    bf16_logits = _logits(bf16, _tokens())
+    assert bf16_logits.dtype == jnp.float32  # logits stay float32 under bf16 compute
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    np.testing.assert_allclose(bf16_logits, logits, atol=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_causal_by_gradient(name):
+    """d(logits at t)/d(embeddings at s) is zero exactly when s > t."""
+    cfg = dataclasses.replace(SMALL, **VARIANTS[name])
+    model = GPT(cfg, rngs=nnx.Rngs(1))
+    x_BxTxD = nnx.jit(lambda model, tokens: model.embed(tokens))(model, _tokens())
+    t = 7
+
+    def logits_at_t(x_BxTxD):
+        return model.project(model.decode(x_BxTxD))[:, t].sum()
+
+    grad_BxTxD = jax.jit(jax.grad(logits_at_t))(x_BxTxD)
+    per_position_T = jnp.abs(grad_BxTxD).sum(axis=(0, 2))
+    assert np.all(per_position_T[t + 1 :] == 0.0), per_position_T
+    assert np.all(per_position_T[: t + 1] > 0.0), per_position_T
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_count_params_formula_matches_module(name):
+    cfg = dataclasses.replace(SMALL, **VARIANTS[name])
+    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert count_params(cfg) == actual
+
+
+def test_gpt60m_param_count_equals_modalities():
+    cfg = dataclasses.replace(
+        SMALL, vocab_size=50304, n_layer=10, n_head_q=8, n_head_kv=8, n_embd=512, ffn_hidden=2048, seq_len=512
+    )
+    assert cfg.mlp_hidden == 1536
+    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == 59_855_872  # GPT2LLM's count
+    assert count_params(cfg) == 59_855_872
+    # 6 * 59,855,872 (tied lm_head counted) + 6 * 10 layers * 512 * 512 (causal attention)
+    assert flops_per_token(cfg, 512) == 6 * 59_855_872 + 6 * 10 * 512 * 512
+
+
+def test_gqa_equals_repeated_kv_heads():
+    """A GQA model equals the MHA model whose k/v heads are the GQA heads repeated (q head h uses kv head h // 2)."""
+    gqa = GPT(SMALL, rngs=nnx.Rngs(2))
+    mha_cfg = dataclasses.replace(SMALL, n_head_kv=SMALL.n_head_q)
+    mha = GPT(mha_cfg, rngs=nnx.Rngs(3))
+    gqa_state, mha_state = nnx.state(gqa, nnx.Param), nnx.state(mha, nnx.Param)
+    K, N, G = SMALL.head_dim, SMALL.n_head_kv, SMALL.n_head_q // SMALL.n_head_kv
+    for path, var in nnx.to_flat_state(gqa_state):
+        value = var.get_value()
+        if path[-2] in ("k_attn", "v_attn"):
+            D = value.shape[0]
+            value = jnp.repeat(value.reshape(D, N, K), G, axis=1).reshape(D, N * G * K)  # [D, N*K] -> [D, H*K]
+        target = mha_state
+        for key in path:
+            target = target[key]
+        target.set_value(value)
+    nnx.update(mha, mha_state)
+    np.testing.assert_allclose(_logits(gqa, _tokens()), _logits(mha, _tokens()), rtol=1e-5, atol=1e-5)
+
+
+def test_init_scales():
+    cfg = dataclasses.replace(SMALL, n_embd=256, ffn_hidden=1024, n_layer=8)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    block = model.h[0]
+    assert abs(float(model.wte.weight[...].std()) - 0.02) < 0.002
+    assert abs(float(block.attn.q_attn.kernel[...].std()) - 0.02) < 0.002
+    out_std = 0.02 / np.sqrt(2 * 8)
+    assert abs(float(block.attn.c_proj.kernel[...].std()) - out_std) < 0.1 * out_std
+    assert abs(float(block.mlp.W_2.kernel[...].std()) - out_std) < 0.1 * out_std
+    assert np.all(block.attention_norm.weight[...] == 1.0) and np.all(block.attention_norm.bias[...] == 0.0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(n_head_kv=3), "model.n_head_kv=3 must divide model.n_head_q=4"),
+        (dict(n_head_q=5), "model.n_head_q=5 must divide model.n_embd=32"),
+        (dict(mlp="relu"), "model.mlp='relu'"),
+        (dict(dropout=1.0), "model.dropout=1.0"),
+        (dict(seq_len=0), "data.seq_len=0"),
+        (dict(n_layer=2.0), "model.n_layer=2.0"),
+    ],
+)
+def test_model_config_errors_name_the_key(change, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        dataclasses.replace(SMALL, **change)
+
+
+def test_sequence_longer_than_positions_is_an_error():
+    model = GPT(SMALL, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="exceeds the model's data.seq_len=16"):
+        _logits(model, _tokens(T=17))
+
+
+def test_dropout_needs_rngs_and_changes_outputs():
+    cfg = dataclasses.replace(SMALL, dropout=0.5)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.dropout=0.5"):
+        model(_tokens(), deterministic=False)
+    train = nnx.jit(lambda model, tokens, key: model(tokens, deterministic=False, rngs=nnx.Rngs(dropout=key)))
+    a, b = train(model, _tokens(), jax.random.key(1)), train(model, _tokens(), jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, train(model, _tokens(), jax.random.key(2)))
+    assert not np.allclose(a, _logits(model, _tokens()))
+
+
+def test_peak_flops_table():
+    class Device:
+        def __init__(self, kind, platform="gpu"):
+            self.device_kind, self.platform = kind, platform
+
+    assert peak_flops(Device("NVIDIA H100 80GB HBM3")) == 989e12
+    assert peak_flops(Device("NVIDIA A100-SXM4-40GB")) == 312e12
+    assert peak_flops(Device("cpu", "cpu")) is None
+    assert peak_flops(Device("Some Future Chip")) is None
+
+
+@pytest.mark.skipif(not MODALITIES_PYTHON.exists(), reason=f"Modalities venv absent ({MODALITIES_PYTHON})")
+@pytest.mark.parametrize("name", ["rms_qknorm_rope_gqa", "mha_gelu_learned_bias_untied"])
+def test_logits_equal_modalities_gpt2llm(name, tmp_path):
+    """Same weights in Modalities' GPT2LLM (PyTorch) give the same logits: names, layouts and math all match."""
+    # Modalities wants n_embd, ffn_hidden and vocab divisible by 128.
+    cfg = dataclasses.replace(SMALL, n_embd=128, ffn_hidden=512, **VARIANTS[name])
+    model = GPT(cfg, rngs=nnx.Rngs(4))
+    params = nnx.state(model, nnx.Param)
+    # Norm weights and biases away from 1 and 0, so a misplaced norm cannot hide.
+    for i, (path, var) in enumerate(nnx.to_flat_state(params)):
+        if "norm" in path[-2]:
+            var.set_value(var.get_value() + 0.1 * jax.random.normal(jax.random.key(i), var.shape))
+    nnx.update(model, params)
+    weights = {".".join(map(str, path)): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(params)}
+    np.savez(tmp_path / "w.npz", **weights)
+    tokens = np.asarray(_tokens(B=2, T=16, V=cfg.vocab_size, seed=5))
+    np.save(tmp_path / "x.npy", tokens)
+    spec = {"mode": "logits", "model": dataclasses.asdict(cfg), "weights": str(tmp_path / "w.npz")}
+    spec |= {"tokens": str(tmp_path / "x.npy"), "out": str(tmp_path / "y.npy")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    script = REPO / "tools" / "modalities_gpt2.py"
+    subprocess.run([str(MODALITIES_PYTHON), str(script), str(tmp_path / "spec.json")], check=True, timeout=120)
+    expected = np.load(tmp_path / "y.npy")
+    np.testing.assert_allclose(_logits(model, jnp.asarray(tokens)), expected, rtol=1e-4, atol=1e-5)

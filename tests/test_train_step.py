@@ -1,0 +1,238 @@
+"""The sharded train/eval steps on 8 fake CPU devices: sharded == single device, remat == plain, accumulation == one
+big batch, the loss goes down, and the pieces around them (schedule, decay mask, mesh)."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.model import ModelConfig
+from jaxgpt.optim import OptimConfig, decay_mask, lr_schedule
+from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
+from jaxgpt.train_step import (
+    StepConfig,
+    _split_micro,
+    abstract_train_state,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+    merge_model,
+)
+
+MODEL = ModelConfig(
+    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=128, mlp="swiglu", pos_emb="rope",
+    rope_base=10000.0, norm="layer", norm_eps=1e-5, qk_norm=False, use_bias=False, tie_embeddings=True, dropout=0.0,
+    init_std=0.02, seq_len=16,
+)  # fmt: skip
+# eps=1e-3: Adam's first update is lr * g / (|g| + eps), which with eps >> 1e-8 stays proportional to the gradient
+# for small g, so comparing updates compares gradients (with eps=1e-8 it is lr * sign(g) and hides them).
+OPTIM = OptimConfig(lr=1e-2, min_lr_ratio=0.1, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-3, weight_decay=0.1, clip_norm=1.0)
+STEP = StepConfig(MODEL, OPTIM, num_steps=100, grad_accum=1, compute_dtype="float32", remat="none", z_loss=0.0)
+
+
+def _mesh(data=1, fsdp=1, tensor=1):
+    return make_mesh(data, fsdp, tensor, devices=jax.devices()[: data * fsdp * tensor])
+
+
+def _batch(mesh, G=8, T=16, seed=0, V=256):
+    tokens = np.random.default_rng(seed).integers(0, V, (G, T + 1)).astype(np.int32)
+    put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+    return {"inputs": put(tokens[:, :-1]), "targets": put(tokens[:, 1:]), "mask": put(np.ones((G, T), np.float32))}
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(cfg: StepConfig, mesh):
+    """(graphdef, seed-0 state as numpy, jitted step), compiled once per (config, mesh) for the whole module."""
+    graphdef, state = create_train_state(cfg, mesh, seed=0)
+    return graphdef, jax.tree.map(np.asarray, state), make_train_step(cfg, graphdef, mesh)
+
+
+def _put(state_np, cfg: StepConfig, mesh):
+    _, abstract = abstract_train_state(cfg, mesh)
+    return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), state_np, abstract)
+
+
+def _one_step(cfg: StepConfig, mesh, batch=None, state_np=None):
+    """(param updates of one step, metrics) as numpy, from the seed-0 state or a given numpy state."""
+    _, fresh_np, step = _setup(cfg, mesh)
+    state_np = fresh_np if state_np is None else state_np
+    batch = _batch(mesh) if batch is None else batch
+    new_state, metrics = step(_put(state_np, cfg, mesh), {k: batch[k] for k in ("inputs", "targets")})
+    updates = jax.tree.map(lambda new, old: np.asarray(new) - old, new_state.params, state_np.params)
+    return updates, {k: float(v) for k, v in metrics.items()}
+
+
+def _assert_trees_close(a, b, rtol=1e-5):
+    """Per leaf, max |a - b| <= rtol * max |b|: entries that are sums with cancellation may differ more in relative
+    terms when a sharded reduction adds in another order, but never relative to the leaf's scale."""
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        assert x.shape == y.shape
+        assert np.max(np.abs(x - y)) <= rtol * np.max(np.abs(y)), jax.tree_util.keystr(path)
+
+
+def test_sharded_step_equals_single_device():
+    """data=2 x fsdp=2 x tensor=2 gives the single-device loss, grad norm and param updates (fp32)."""
+    single, sharded = _mesh(), _mesh(2, 2, 2)
+    _, state_np, _ = _setup(STEP, single)
+    updates_1, metrics_1 = _one_step(STEP, single, _batch(single))
+    updates_8, metrics_8 = _one_step(STEP, sharded, _batch(sharded), state_np=state_np)
+    assert metrics_1["loss"] == pytest.approx(np.log(256), rel=0.01)  # near-uniform predictions at init
+    for key in ("loss", "grad_norm", "lr"):
+        assert metrics_8[key] == pytest.approx(metrics_1[key], rel=1e-5), key
+    _assert_trees_close(updates_8, updates_1)
+
+
+def test_state_is_created_sharded_and_matches_abstract():
+    mesh = _mesh(2, 2, 2)
+    graphdef, state = create_train_state(STEP, mesh, seed=0)
+    _, abstract = abstract_train_state(STEP, mesh)
+    assert jax.tree.structure(state) == jax.tree.structure(abstract)
+    for x, a in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
+        assert (x.shape, x.dtype) == (a.shape, a.dtype)
+        assert x.sharding.is_equivalent_to(a.sharding, x.ndim)
+    wte = state.params["wte"]["weight"]
+    assert wte.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")  # vocab over tensor, D over fsdp
+    assert wte.addressable_shards[0].data.shape == (128, 16)
+    mu = state.opt_state[1][0].mu["h"][0]["mlp"]["W"]["kernel"]  # Adam moments sharded like their params
+    assert mu.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    # the same values as a single-device init (partitionable threefry): the seed, not the mesh, decides
+    _, single_np, _ = _setup(STEP, _mesh())
+    np.testing.assert_array_equal(np.asarray(wte), single_np.params["wte"]["weight"])
+    model = merge_model(graphdef, state.params)
+    assert model.h[0].attn.q_attn.kernel.shape == (32, 32)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_equals_no_remat(remat):
+    mesh = _mesh()
+    params_plain, metrics_plain = _one_step(STEP, mesh)
+    params_remat, metrics_remat = _one_step(dataclasses.replace(STEP, remat=remat), mesh)
+    assert metrics_remat == pytest.approx(metrics_plain, rel=1e-6)
+    _assert_trees_close(params_remat, params_plain)
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    """4 micro batches of 2 on 2 fsdp shards == one batch of 8: same loss, grad norm and update."""
+    mesh = _mesh(fsdp=2)
+    batch = _batch(mesh, G=16)
+    params_1, metrics_1 = _one_step(STEP, mesh, batch)
+    params_4, metrics_4 = _one_step(dataclasses.replace(STEP, grad_accum=4), mesh, batch)
+    assert metrics_4 == pytest.approx(metrics_1, rel=1e-5)
+    _assert_trees_close(params_4, params_1)
+
+
+def test_micro_batch_split_needs_no_communication():
+    """[G, T] -> [A, G/A, T] keeps every row on the device that holds it: the compiled split has no collectives."""
+    mesh = _mesh(2, 2, 2)
+    x = jnp.arange(16 * 4, dtype=jnp.int32).reshape(16, 4)
+    split = jax.jit(
+        lambda x: _split_micro(x, 2),
+        in_shardings=batch_sharding(mesh),
+        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"), None)),
+    )
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        hlo = split.lower(x).compile().as_text()
+    for collective in ("all-to-all", "all-gather", "collective-permute", "all-reduce"):
+        assert collective not in hlo
+    np.testing.assert_array_equal(split(x)[1, 0], x[1])  # micro batch a holds rows a, a + A, ...
+
+
+def test_z_loss_changes_grads_not_reported_loss():
+    mesh = _mesh()
+    params_0, metrics_0 = _one_step(STEP, mesh)
+    params_z, metrics_z = _one_step(dataclasses.replace(STEP, z_loss=1.0), mesh)
+    assert metrics_z["loss"] == pytest.approx(metrics_0["loss"], rel=1e-6)  # the metric is plain cross-entropy
+    assert metrics_z["grad_norm"] != pytest.approx(metrics_0["grad_norm"], rel=1e-3)
+
+
+def test_dropout_is_keyed_by_step():
+    cfg = dataclasses.replace(STEP, model=dataclasses.replace(MODEL, dropout=0.5))
+    mesh = _mesh()
+    _, state_np, _ = _setup(cfg, mesh)
+    _, m_a = _one_step(cfg, mesh)
+    _, m_b = _one_step(cfg, mesh)
+    assert m_a["loss"] == m_b["loss"]  # same step, same key
+    _, m_c = _one_step(cfg, mesh, state_np=state_np.replace(step=np.asarray(5, np.int32)))
+    assert m_c["loss"] != m_a["loss"]  # another step, another mask
+
+
+def test_eval_step_masks_and_matches_train_loss():
+    mesh = _mesh(2, 2, 2)
+    graphdef, state_np, _ = _setup(STEP, mesh)
+    params = _put(state_np, STEP, mesh).params
+    batch = _batch(mesh)
+    eval_step = make_eval_step(STEP, graphdef, mesh)
+    full = eval_step(params, batch)
+    assert float(full["num_tokens"]) == 8 * 16
+    mask = np.ones((8, 16), np.float32)
+    mask[:, 10:] = 0.0
+    half = eval_step(params, {**batch, "mask": jax.device_put(mask, batch_sharding(mesh))})
+    assert float(half["num_tokens"]) == 8 * 10
+    assert float(half["loss_sum"]) < float(full["loss_sum"])
+    _, metrics = _one_step(STEP, mesh, batch)
+    assert float(full["loss_sum"]) / 128 == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+def test_tiny_model_overfits_one_batch():
+    mesh = _mesh(2, 2, 2)
+    _, state_np, step = _setup(STEP, mesh)
+    state = _put(state_np, STEP, mesh)
+    batch = _batch(mesh)
+    batch = {k: batch[k] for k in ("inputs", "targets")}
+    losses = []
+    for _ in range(40):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert int(state.step) == 40
+
+
+def test_lr_schedule_warmup_cosine_and_cap():
+    cfg = dataclasses.replace(OPTIM, lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    schedule = lr_schedule(cfg, 200)
+    assert float(schedule(0)) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert float(schedule(9)) == pytest.approx(1.0)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(199)) == pytest.approx(0.1)  # min at the last step
+    assert 0.1 < float(schedule(100)) < 1.0
+    short = lr_schedule(cfg, 50)  # warmup capped at 10% of the run: 5 steps
+    assert float(short(0)) == pytest.approx(0.2) and float(short(4)) == pytest.approx(1.0)
+
+
+def test_decay_mask_spares_embeddings_norms_biases():
+    mesh = _mesh()
+    untied = dataclasses.replace(STEP, model=dataclasses.replace(MODEL, tie_embeddings=False, use_bias=True))
+    _, abstract = abstract_train_state(untied, mesh)
+    flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(decay_mask(abstract.params))[0]}
+    decayed = {k for k, m in flat.items() if m}
+    assert decayed and all("kernel" in k or "lm_head'" in k for k in decayed)
+    assert any("'lm_head'" in k for k in decayed)  # an untied lm_head is a linear layer, as Modalities groups it
+    assert not any("wte" in k or "norm" in k or "bias" in k for k in decayed)
+
+
+def test_make_mesh_sizes_and_errors():
+    mesh = make_mesh(2, -1, 2)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert data_parallel_size(mesh) == 4
+    with pytest.raises(ValueError, match="mesh.data"):
+        make_mesh(3, 1, 1)
+    with pytest.raises(ValueError, match="mesh.data and mesh.fsdp are both -1"):
+        make_mesh(-1, -1, 1)
+    with pytest.raises(ValueError, match="mesh.tensor=0"):
+        make_mesh(1, -1, 0)
+    with pytest.raises(ValueError, match="8 devices"):
+        make_mesh(1, 3, -1)
+
+
+def test_step_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="train.compute_dtype='float16'"):
+        dataclasses.replace(STEP, compute_dtype="float16")
+    with pytest.raises(ValueError, match="train.remat='some'"):
+        dataclasses.replace(STEP, remat="some")
+    with pytest.raises(ValueError, match="train.grad_accum=0"):
+        dataclasses.replace(STEP, grad_accum=0)
+    with pytest.raises(ValueError, match="optim.b2=1.0"):
+        dataclasses.replace(OPTIM, b2=1.0)
