@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.grad_accum = 1  # micro batches accumulated per optimizer step (lax.scan inside the step)
     t.log_every = 10  # steps between train metric lines
     t.eval_every = 100  # steps between full validation passes (also one at the end)
-    t.eval_batch_size = 0  # global eval batch; 0: same as the global train batch per micro batch
+    t.eval_batch_size = 0  # sequences per evaluation batch (all hosts); 0: micro_batch_size * data-parallel size
+    t.eval_steps = 0  # batches per evaluation; 0: a full pass over the validation split (CPU quick runs cap it)
     t.seed = 0  # model init and dropout seed
     t.compute_dtype = "bfloat16"  # activations/matmuls; params and optimizer state stay float32
     t.remat = "none"  # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block

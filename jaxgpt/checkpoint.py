@@ -1,0 +1,139 @@
+"""Orbax checkpoints of a training run, and `load()` for notebooks.
+
+A checkpoint is one Orbax composite step directory with five items:
+    params     the model's float32 parameters (nnx.State)
+    opt_state  the optimizer state
+    train      {"step", "rng"}: the step counter and the dropout base key
+    data       JSON: where the data stream stands ({"step", "seed", "global_batch_size", ...}); the batch order is a pure
+               function of (seed, step), so the step alone is the exact data position
+    config     JSON: the resolved run config, so `load()` can rebuild the model without the config file
+
+Orbax writes each step into a temporary directory and renames it when complete, so a process killed at any moment
+(even mid-save) leaves only complete checkpoints behind, and `latest_step()` never sees a partial one.
+Arrays are restored against abstract targets that carry the *current* mesh's shardings, which is what lets a checkpoint
+written on one mesh (fsdp=8) come back on another (data=2, fsdp=4) or on a single device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jaxgpt import sharding, train_step
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, empty, or does not match the run."""
+
+
+class Checkpointer:
+    """Asynchronous saves every `every` steps, keeping the newest `keep`."""
+
+    def __init__(self, directory: str | os.PathLike, *, every: int, keep: int):
+        if every < 1:
+            raise ValueError(f"checkpoint.every={every} must be >= 1")
+        if keep < 1:
+            raise ValueError(f"checkpoint.keep={keep} must be >= 1")
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every,
+            max_to_keep=keep,
+            enable_async_checkpointing=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self._manager.should_save(step)
+
+    def save(self, state: train_step.TrainState, *, data: dict, config: dict, force: bool = False) -> bool:
+        """Starts an asynchronous save of `state` at `state.step`; returns False when `every` says not now."""
+        step = int(jax.device_get(state.step))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            train=ocp.args.StandardSave({"step": state.step, "rng": state.rng}),
+            data=ocp.args.JsonSave(data),
+            config=ocp.args.JsonSave(config),
+        )
+        return self._manager.save(step, args=args, force=force)
+
+    def restore(self, abstract_state: train_step.TrainState, step: int | None = None) -> tuple[train_step.TrainState, dict]:
+        """Restores the state onto the shardings that `abstract_state` carries, and the data position."""
+        step = self._resolve(step)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_state.params),
+                opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+                train=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        state = train_step.TrainState(
+            step=restored.train["step"],
+            params=restored.params,
+            opt_state=restored.opt_state,
+            rng=restored.train["rng"],
+        )
+        return state, restored.data
+
+    def restore_config(self, step: int | None = None) -> dict:
+        step = self._resolve(step)
+        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+        step = self._resolve(step)
+        return self._manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        ).params
+
+    def _resolve(self, step: int | None) -> int:
+        steps = self._manager.all_steps()
+        if not steps:
+            raise CheckpointError(f"{self.directory}: holds no complete checkpoint")
+        if step is None:
+            return max(steps)
+        if step not in steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint for step {step}; available: {sorted(steps)}")
+        return step
+
+    def wait(self) -> None:
+        """Blocks until the asynchronous save in flight (if any) is durable on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> str:
+    return os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
+    """Returns `(model, config)` from the newest (or given) checkpoint in `workdir`, without the optimizer state.
+
+    The parameters land on `mesh`, by default every device present, FSDP-sharded, so a checkpoint written on
+    8 GPUs opens in a notebook on one CPU.
+    """
+    directory = checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{workdir}: no checkpoints/ directory; is this a jaxgpt workdir?")
+    ckpt = Checkpointer(directory, every=1, keep=1_000_000)  # keep: never delete anything from a reader
+    try:
+        config = ml_collections.ConfigDict(ckpt.restore_config(step))
+        step_cfg = train_step.StepConfig.from_config(config, num_steps=1)
+        if mesh is None:
+            mesh = sharding.make_mesh(1, -1, 1)
+        graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
+        params = ckpt.restore_params(abstract.params, step)
+    finally:
+        ckpt.close()
+    return train_step.merge_model(graphdef, params), config

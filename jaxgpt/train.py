@@ -1,0 +1,440 @@
+"""The training loop: `python -m jaxgpt.train --config=configs/gpt60m.py --workdir=DIR [--config.key=value ...]`.
+
+The jitted step (train_step.py) is pure; everything impure lives here: the data iterator, logging, evaluation,
+checkpointing, preemption. Metrics are read one step late, so the host never stalls the device, except at the steps
+that save or evaluate, where the state must be known to be finite first.
+
+Workdir layout:
+    DIR/checkpoints/    Orbax (resumed automatically when present)
+    DIR/metrics.jsonl   one JSON object per train/eval event
+    DIR/config.json     the resolved config, plus what was derived from it (steps, batch, mesh)
+    DIR/wandb/          the W&B run (offline by default)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+import secrets
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+from absl import app, flags
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+from tqdm import tqdm
+
+from jaxgpt import batches, checkpoint, model, sharding, train_step
+from jaxgpt.source import PackedWindowSource
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, config.json, wandb/.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after", None, "Stop with a checkpoint once this many steps are done (a time-boxed job); the lr schedule still "
+    "spans train.num_steps, and running again resumes."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs (jax.distributed.initialize)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose with a message for the user (a non-finite loss)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the config and the data imply for this run."""
+
+    num_steps: int  # optimizer steps of the whole run (the lr schedule spans them)
+    global_batch: int  # sequences per optimizer step, all hosts and micro batches together
+    tokens_per_step: int  # global_batch * seq_len
+    eval_batch: int  # sequences per evaluation batch
+    steps_per_epoch: int  # full global batches in one pass over the training windows
+
+
+def split_paths(value: str, key: str) -> list[str]:
+    paths = [p.strip() for p in str(value).split(",") if p.strip()]
+    if not paths:
+        raise ValueError(f"{key} is empty; give a .pbin path (or several, joined by ',')")
+    return paths
+
+
+def make_plan(cfg: ml_collections.ConfigDict, mesh, train_src: PackedWindowSource) -> Plan:
+    t = cfg.train
+    if t.eval_steps < 0:
+        raise ValueError(f"train.eval_steps={t.eval_steps} must be >= 0 (0: full pass)")
+    for key in ("micro_batch_size", "grad_accum", "log_every", "eval_every"):
+        if t[key] < 1:
+            raise ValueError(f"train.{key}={t[key]} must be >= 1")
+    dp = sharding.data_parallel_size(mesh)
+    global_batch = t.micro_batch_size * dp * t.grad_accum
+    per_epoch = batches.steps_per_epoch(train_src, global_batch)
+    num_steps = per_epoch if t.num_steps is None else t.num_steps  # Modalities' default: one epoch
+    if num_steps < 1:
+        raise ValueError(f"train.num_steps={num_steps} must be >= 1")
+    eval_batch = t.eval_batch_size or t.micro_batch_size * dp
+    if eval_batch % dp:
+        raise ValueError(f"train.eval_batch_size={eval_batch} must be a multiple of the data-parallel size {dp}")
+    return Plan(num_steps, global_batch, global_batch * cfg.data.seq_len, eval_batch, per_epoch)
+
+
+def is_lead() -> bool:
+    return jax.process_index() == 0
+
+
+class MetricsLog:
+    """DIR/metrics.jsonl, written by process 0; on resume, events past the restored step are dropped."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        self._file = None
+        if not is_lead():
+            return
+        if os.path.exists(path):
+            # A crash after the last checkpoint leaves events the resumed run will produce again: drop them, so the file
+            # reads as one uninterrupted run.
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+        self._file = open(path, "a", buffering=1)
+
+    def write(self, event: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(event) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class Wandb:
+    """W&B logging that can never stop training: any failure warns once and turns it off."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, resolved: dict):
+        self._run = None
+        if not is_lead() or cfg.wandb.mode == "disabled":
+            return
+        if cfg.wandb.mode not in ("offline", "online"):
+            raise ValueError(f"wandb.mode={cfg.wandb.mode!r} must be 'offline', 'online' or 'disabled'")
+        try:
+            import wandb
+
+            id_file = os.path.join(workdir, "wandb_run_id")  # the same W&B run continues across resumes
+            run_id = open(id_file).read().strip() if os.path.exists(id_file) else secrets.token_hex(4)
+            with open(id_file, "w") as f:
+                f.write(run_id)
+            self._run = wandb.init(
+                project=cfg.wandb.project,
+                name=cfg.wandb.name or None,
+                mode=cfg.wandb.mode,
+                dir=workdir,
+                id=run_id,
+                resume="allow",
+                config=resolved,
+                settings=wandb.Settings(console="off", silent=True),
+            )
+        except Exception as e:  # noqa: BLE001 - W&B must never stop training
+            self._fail("init", e)
+
+    def log(self, event: dict) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.log({k: v for k, v in event.items() if k not in ("step", "event")}, step=event["step"])
+        except Exception as e:  # noqa: BLE001
+            self._fail("log", e)
+
+    def close(self) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.finish()
+        except Exception as e:  # noqa: BLE001
+            self._fail("finish", e)
+
+    def _fail(self, what: str, e: Exception) -> None:
+        warnings.warn(f"W&B {what} failed, continuing without W&B: {type(e).__name__}: {e}", stacklevel=2)
+        self._run = None
+
+
+class StopSignal:
+    """SIGTERM/SIGINT ask for a clean stop with a checkpoint; a second SIGINT aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        if is_lead():
+            tqdm.write(
+                f"{signal.Signals(signum).name} received: saving a checkpoint and stopping after this step",
+                file=sys.stderr,
+            )
+
+    def agreed(self) -> bool:
+        """Every host stops at the same step, whichever of them saw the signal."""
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resolve_peak_flops(cfg: ml_collections.ConfigDict) -> float:
+    """Peak FLOP/s of one device: the config's override, else the device table, else (CPU) a measured matmul."""
+    if cfg.train.peak_flops:
+        return float(cfg.train.peak_flops)
+    peak = model.peak_flops(jax.devices()[0])
+    return peak if peak else model.measure_matmul_peak()
+
+
+def evaluate(eval_step, params, source: PackedWindowSource, plan: Plan, mesh, max_batches: int) -> dict:
+    """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0)."""
+    loss_sum, num_tokens = 0.0, 0.0
+    with batches.eval_batches(source, global_batch_size=plan.eval_batch, sharding=sharding.batch_sharding(mesh)) as it:
+        for batch in itertools.islice(it, max_batches or None):
+            out = eval_step(params, batch)
+            loss_sum += float(out["loss_sum"])
+            num_tokens += float(out["num_tokens"])
+    loss = loss_sum / num_tokens
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
+    """Trains (or resumes) in `workdir`; returns the last train and eval events."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    train_src = PackedWindowSource(split_paths(cfg.data.train_path, "data.train_path"), cfg.data.seq_len)
+    val_src = None
+    if cfg.data.val_path:
+        val_src = PackedWindowSource(split_paths(cfg.data.val_path, "data.val_path"), cfg.data.seq_len)
+    plan = make_plan(cfg, mesh, train_src)
+    step_cfg = train_step.StepConfig.from_config(cfg, plan.num_steps)
+    num_params = model.count_params(step_cfg.model)
+    flops_per_token = model.flops_per_token(step_cfg.model, cfg.data.seq_len)
+    peak_flops = resolve_peak_flops(cfg) * jax.device_count()
+
+    resolved = {
+        "config": cfg.to_dict(),
+        "derived": {
+            **dataclasses.asdict(plan),
+            "num_params": num_params,
+            "mesh": dict(mesh.shape),
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "device_kind": jax.devices()[0].device_kind,
+        },
+    }
+    if is_lead():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
+
+    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
+    data_position = {
+        "seed": cfg.data.seed,
+        "global_batch_size": plan.global_batch,
+        "seq_len": cfg.data.seq_len,
+        "num_windows": len(train_src),
+    }
+    start_step = ckpt.latest_step() or 0
+    if start_step:
+        graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
+        state, saved_position = ckpt.restore(abstract, start_step)
+        check_same_stream(saved_position, data_position, ckpt.directory, start_step)
+    else:
+        graphdef, state = train_step.create_train_state(step_cfg, mesh, cfg.train.seed)
+
+    end_step = plan.num_steps if stop_after is None else min(plan.num_steps, stop_after)
+    if is_lead():
+        print(
+            f"jaxgpt: {num_params:,} parameters | mesh {dict(mesh.shape)} over {jax.device_count()} "
+            f"{jax.devices()[0].device_kind} device(s), {jax.process_count()} process(es)\n"
+            f"        {plan.global_batch} seqs x {cfg.data.seq_len} tokens = {plan.tokens_per_step:,} tokens/step | "
+            f"{plan.num_steps} steps planned ({plan.steps_per_epoch} per epoch)"
+            + (f", resuming at step {start_step}" if start_step else "")
+            + (f", stopping after step {end_step}" if end_step < plan.num_steps else ""),
+            flush=True,
+        )
+
+    step_fn = train_step.make_train_step(step_cfg, graphdef, mesh)
+    eval_fn = train_step.make_eval_step(step_cfg, graphdef, mesh) if val_src is not None else None
+    metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
+    wandb_log = Wandb(cfg, workdir, resolved)
+    stop = StopSignal()
+    bar = tqdm(total=plan.num_steps, initial=start_step, disable=not is_lead(), unit="step", dynamic_ncols=True)
+    last = {"train": None, "eval": None}
+
+    def emit(event: dict) -> None:
+        metrics_log.write(event)
+        wandb_log.log(event)
+
+    timer = {"time": time.perf_counter(), "step": start_step}
+
+    def record(done: int, metrics: dict) -> None:
+        """Reads a finished step's metrics (blocking only on that step), stops on non-finite values, logs."""
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            good = ckpt.latest_step()
+            raise TrainingStopped(
+                f"step {done}: loss={m['loss']} grad_norm={m['grad_norm']} is not finite; stopping. "
+                + (f"The last good checkpoint is step {good} in {ckpt.directory}." if good else "No checkpoint was saved.")
+            )
+        bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+        if done % cfg.train.log_every == 0 or done == end_step:
+            now = time.perf_counter()
+            tokens_per_s = (done - timer["step"]) * plan.tokens_per_step / max(now - timer["time"], 1e-9)
+            timer.update(time=now, step=done)
+            event = {
+                "event": "train",
+                "step": done,
+                **m,
+                "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * flops_per_token / peak_flops,
+                "time": time.time(),
+            }
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            emit(event)
+            last["train"] = event
+
+    train_iter = batches.train_batches(
+        train_src,
+        global_batch_size=plan.global_batch,
+        seed=cfg.data.seed,
+        sharding=sharding.batch_sharding(mesh),
+        start_step=start_step,
+        prefetch=cfg.data.prefetch,
+    )
+    pending = None  # (step, metrics) dispatched but not yet read
+    try:
+        with train_iter:
+            for done in range(start_step + 1, end_step + 1):
+                state, metrics = step_fn(state, next(train_iter))
+                if pending is not None:
+                    record(*pending)
+                pending = (done, metrics)
+                bar.update(1)
+                stopping = stop.agreed() or done == end_step
+                evaluating = eval_fn is not None and (done % cfg.train.eval_every == 0 or done == plan.num_steps)
+                saving = stopping or ckpt.should_save(done)
+                if evaluating or saving:
+                    record(*pending)  # never save or evaluate a state whose loss was not finite
+                    pending = None
+                if evaluating:
+                    scores = evaluate(eval_fn, state.params, val_src, plan, mesh, cfg.train.eval_steps)
+                    event = {"event": "eval", "step": done, **scores}
+                    bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}")
+                    emit(event)
+                    last["eval"] = event
+                    timer.update(time=time.perf_counter(), step=done)  # evaluation time is not training throughput
+                if saving:
+                    ckpt.save(state, data={**data_position, "step": done}, config=cfg.to_dict(), force=stopping)
+                if stopping:
+                    break
+            if pending is not None:
+                record(*pending)
+    finally:
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+        metrics_log.close()
+        wandb_log.close()
+        stop.restore()
+    return last
+
+
+def check_same_stream(saved: dict, current: dict, directory: str, step: int) -> None:
+    """Exact resume needs the same (seed, global batch, seq_len, data): otherwise samples would be lost or repeated."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if diffs:
+        raise checkpoint.CheckpointError(
+            f"{directory}: step {step} was written for a different data stream, so resuming would not continue it "
+            f"exactly ({'; '.join(diffs)}). Use a new --workdir, or restore the original settings."
+        )
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Calls `get_config()` of a config file, as `--config=path` does (for tests and notebooks)."""
+    spec = importlib.util.spec_from_file_location("_jaxgpt_config", os.fspath(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Turns `--config.no.such.key=...` into one clear error naming the key (absl would print a traceback)."""
+    path = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise SystemExit(f"--config: no such config file: {path}")
+    cfg = load_config_file(path)
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config.") :].split("=", 1)[0]
+        node, walked = cfg, []
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(none)"
+                where = ".".join(walked) or "the config"
+                raise SystemExit(f"{arg}: unknown config key {key!r}: {where} has no {part!r}; its keys are: {known}")
+            node = node[part]
+            walked.append(part)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/gpt60m.py")
+    if _COORDINATOR.value or _NUM_PROCESSES.value:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:
+        run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
+    except (TrainingStopped, ValueError, checkpoint.CheckpointError) as e:
+        # Bad input and deliberate stops end with one clear line, not a traceback.
+        sys.exit(f"error: {e}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    check_overrides(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
