@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The getting-started flow on the bundled RedPajama samples, from a fresh clone:
+#   JSONL -> .idx -> .pbin (both splits) -> train gpt60m -> evaluate -> Orbax checkpoint in runs/gpt60m.
+# On a 2-core CPU the full epoch would take hours, so by default training stops after $STEPS steps (about 10 minutes
+# there). On a GPU machine run it with STEPS=0 for the full epoch. Running it again resumes from the checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")"
+STEPS=${STEPS:-40}            # optimizer steps; 0 = one full epoch of the training split (the config's default)
+EVAL_STEPS=${EVAL_STEPS:-16}  # validation batches per evaluation; 0 = the full validation split
+WORKDIR=${WORKDIR:-runs/gpt60m}
+
+python3 -m venv .venv
+.venv/bin/pip install -q -e .
+
+mkdir -p data/packed
+for split in train test; do
+  name=redpajama_v2_samples_512_$split
+  .venv/bin/python tools/create_memmap_index.py --file_existence_policy skip \
+    --index_path data/packed/$name.idx data/raw/$name.jsonl
+  .venv/bin/python tools/create_packed_data.py --file_existence_policy skip \
+    --jq_pattern .raw_content --index_path data/packed/$name.idx --dst_path data/packed/$name.pbin \
+    --tokenizer_file data/tokenizer/tokenizer.json data/raw/$name.jsonl
+done
+
+steps_flag=()
+if [ "$STEPS" != 0 ]; then steps_flag=(--config.train.num_steps="$STEPS" --config.train.eval_every="$STEPS"); fi
+.venv/bin/python -m jaxgpt.train --config=configs/gpt60m.py --workdir="$WORKDIR" \
+  --config.train.eval_steps="$EVAL_STEPS" "${steps_flag[@]}"
