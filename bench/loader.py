@@ -14,7 +14,6 @@ import os
 import pathlib
 import pickle
 import struct
-import sys
 import tempfile
 import time
 
@@ -25,10 +24,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from jaxgpt.batches import host_train_dataset, train_batches  # noqa: E402
-from jaxgpt.source import PackedWindowSource  # noqa: E402
+from jaxgpt.batches import host_train_dataset, train_batches
+from jaxgpt.source import PackedWindowSource
 
 BUNDLED = REPO / "tests" / "data" / "redpajama_v2_samples_512_train.pbin"
 

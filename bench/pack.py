@@ -84,7 +84,6 @@ def main() -> None:
          "--index_path", WORK / "j.idx", "--dst_path", WORK / "j.pbin", "--num_processes", args.num_processes,
          "--no_progress", src]
     )  # fmt: skip
-    sys.path.insert(0, str(REPO))
     from jaxgpt.pbin import read_pbin
 
     n_tok = read_pbin(WORK / "j.pbin").num_tokens

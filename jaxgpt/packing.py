@@ -49,7 +49,7 @@ class JsonlError(PackedDataError):
     """A line of a JSONL file cannot be indexed or packed; the message is `path:line: reason`."""
 
 
-def _check_output(dst: str, policy: str, inputs: list[str]) -> bool:
+def check_output(dst: str, policy: str, inputs: list[str]) -> bool:
     """Applies the file existence policy to `dst`; returns False when the work should be skipped."""
     if policy not in FILE_EXISTENCE_POLICIES:
         raise PackedDataError(f"file_existence_policy must be one of {FILE_EXISTENCE_POLICIES}, got {policy!r}")
@@ -164,7 +164,7 @@ def create_index(src: str | os.PathLike, dst: str | os.PathLike | None = None, f
     """Writes the .idx of a JSONL (default: next to it); returns its path, or None when skipped by the policy."""
     src = os.fspath(src)
     dst = os.fspath(dst) if dst is not None else default_index_path(src)
-    if not _check_output(dst, file_existence_policy, [src]):
+    if not check_output(dst, file_existence_policy, [src]):
         return None
     pairs_Nx2 = index_jsonl(src)
     write_idx(dst, pairs_Nx2)
@@ -366,7 +366,7 @@ def pack_jsonl(
     dst = os.fspath(dst) if dst is not None else default_pbin_path(src)
     if not os.path.isfile(src):
         raise PackedDataError(f"{src}: no such JSONL file")
-    if not _check_output(dst, file_existence_policy, [src, index_path]):
+    if not check_output(dst, file_existence_policy, [src, index_path]):
         return None
     tokenizer = load_tokenizer(tokenizer_file, tokenizer_backend)
     eod_id = tokenizer.token_id(eod_token)

@@ -5,8 +5,7 @@
 
 import argparse
 
-from _cli import clean_errors
-
+from jaxgpt.cli import clean_errors
 from jaxgpt.packing import FILE_EXISTENCE_POLICIES, create_index
 
 

@@ -8,8 +8,7 @@ Exit status 1 when the file is invalid.
 import argparse
 import sys
 
-from _cli import clean_errors
-
+from jaxgpt.cli import clean_errors
 from jaxgpt.pbin import inspect
 
 

@@ -8,9 +8,8 @@ A directory stands for every .pbin below it, in sorted path order. Inputs may us
 import argparse
 import pathlib
 
-from _cli import clean_errors
-
-from jaxgpt.packing import FILE_EXISTENCE_POLICIES, _check_output
+from jaxgpt.cli import clean_errors
+from jaxgpt.packing import FILE_EXISTENCE_POLICIES, check_output
 from jaxgpt.pbin import merge_pbin
 
 
@@ -26,7 +25,7 @@ def main() -> None:
     with clean_errors():
         if not srcs:
             raise SystemExit(f"error: no .pbin files in {' '.join(args.src_paths)}")
-        if not _check_output(args.dst_path, args.file_existence_policy, [str(s) for s in srcs]):
+        if not check_output(args.dst_path, args.file_existence_policy, [str(s) for s in srcs]):
             return
         merged = merge_pbin(args.dst_path, srcs)
     print(f"wrote {merged.path}: {len(srcs)} files, {merged.num_docs} documents, {merged.num_tokens} tokens")
