@@ -22,7 +22,10 @@ for split in train test; do
     --tokenizer_file data/tokenizer/tokenizer.json data/raw/$name.jsonl
 done
 
-steps_flag=()
-if [ "$STEPS" != 0 ]; then steps_flag=(--config.train.num_steps="$STEPS" --config.train.eval_every="$STEPS"); fi
-.venv/bin/python -m jaxgpt.train --config=configs/gpt60m.py --workdir="$WORKDIR" \
-  --config.train.eval_steps="$EVAL_STEPS" "${steps_flag[@]}"
+flags=(--config.train.eval_steps="$EVAL_STEPS")
+if [ "$STEPS" != 0 ]; then flags+=(--config.train.num_steps="$STEPS" --config.train.eval_every="$STEPS"); fi
+# CPUs have no fast bfloat16 matmuls: compute in float32 there (params and optimizer state are float32 anyway).
+if [ "$(.venv/bin/python -c 'import jax; print(jax.default_backend())')" = cpu ]; then
+  flags+=(--config.train.compute_dtype=float32)
+fi
+.venv/bin/python -m jaxgpt.train --config=configs/gpt60m.py --workdir="$WORKDIR" "${flags[@]}"
