@@ -39,22 +39,20 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"checkpoint.keep={keep} must be >= 1")
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every,
-            max_to_keep=keep,
-            enable_async_checkpointing=True,
-            create=True,
-        )
+        self.every = every
+        # We decide when to save (every `every` steps, at the end, on a stop signal) and always pass force=True:
+        # Orbax's own policy would also save the very first step.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        return self._manager.should_save(step)
+        return step % self.every == 0
 
-    def save(self, state: train_step.TrainState, *, data: dict, config: dict, force: bool = False) -> bool:
-        """Starts an asynchronous save of `state` at `state.step`; returns False when `every` says not now."""
+    def save(self, state: train_step.TrainState, *, data: dict, config: dict) -> None:
+        """Starts an asynchronous save of `state` at `state.step` (returns once the arrays are copied off the devices)."""
         step = int(jax.device_get(state.step))
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
@@ -63,7 +61,7 @@ class Checkpointer:
             data=ocp.args.JsonSave(data),
             config=ocp.args.JsonSave(config),
         )
-        return self._manager.save(step, args=args, force=force)
+        self._manager.save(step, args=args, force=True)
 
     def restore(self, abstract_state: train_step.TrainState, step: int | None = None) -> tuple[train_step.TrainState, dict]:
         """Restores the state onto the shardings that `abstract_state` carries, and the data position."""

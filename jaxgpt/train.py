@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -352,7 +352,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
                     last["eval"] = event
                     timer.update(time=time.perf_counter(), step=done)  # evaluation time is not training throughput
                 if saving:
-                    ckpt.save(state, data={**data_position, "step": done}, config=cfg.to_dict(), force=stopping)
+                    ckpt.save(state, data={**data_position, "step": done}, config=cfg.to_dict())
                 if stopping:
                     break
             if pending is not None:
@@ -419,7 +419,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required")
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/gpt60m.py")
+    logging.set_verbosity(logging.WARNING)  # the progress bar is the console; Orbax's INFO lines would bury it
     if _COORDINATOR.value or _NUM_PROCESSES.value:
+        # CPU processes need gloo for cross-process collectives (GPU backends ignore this option).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)

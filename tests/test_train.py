@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -252,3 +253,24 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
         blob = f.read()
     for key in (b"loss", b"grad_norm", b"tokens_per_s", b"mfu", b"eval_loss", b"eval_ppl"):
         assert key in blob
+
+
+def test_two_processes_train_like_one(straight_run, tmp_path):
+    """Two jax.distributed CPU processes (4 devices each, gloo) form one 8-device mesh and reproduce the 1-process run."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    workdir = str(tmp_path)
+    cmd = _cli(workdir, f"--coordinator_address=localhost:{port}", "--num_processes=2")
+    procs = [
+        subprocess.Popen([*cmd, f"--process_id={i}"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    a, b = train_losses(workdir), train_losses(straight_run)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
+    evals = [[e["eval_loss"] for e in read_metrics(w) if e["event"] == "eval"] for w in (workdir, straight_run)]
+    np.testing.assert_allclose(*evals, rtol=1e-5)
