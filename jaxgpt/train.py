@@ -251,8 +251,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         },
     }
     if is_lead():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(resolved, f, indent=2)
+        os.replace(path + ".tmp", path)  # never a half-written config.json
 
     ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
     data_position = {
