@@ -274,3 +274,15 @@ def test_two_processes_train_like_one(straight_run, tmp_path):
     np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
     evals = [[e["eval_loss"] for e in read_metrics(w) if e["event"] == "eval"] for w in (workdir, straight_run)]
     np.testing.assert_allclose(*evals, rtol=1e-5)
+
+
+def test_a_wandb_failure_warns_and_training_goes_on(tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise ConnectionError("wandb.ai unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.warns(UserWarning, match="W&B init failed, continuing without W&B: ConnectionError"):
+        train.run(tiny_config(**{"wandb.mode": "online", "train.num_steps": 2, "train.eval_every": 2}), str(tmp_path))
+    assert max(train_losses(str(tmp_path))) == 2
