@@ -406,9 +406,10 @@ def pack_jsonl(
         pool = None
         try:
             if num_processes > 1:
-                methods = multiprocessing.get_all_start_methods()
-                # fork: workers inherit the loaded tokenizer instead of rebuilding it (~0.5 s each)
-                ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+                # fork: workers inherit the loaded tokenizer instead of rebuilding it (~0.5 s each). But a process that
+                # already runs JAX's threads (a notebook, the tests) can deadlock its forked children: spawn there.
+                fork_ok = "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules
+                ctx = multiprocessing.get_context("fork" if fork_ok else "spawn")
                 pool = ctx.Pool(num_processes, initializer=_init_worker, initargs=(spec,))
             else:
                 _init_worker(spec)
