@@ -5,8 +5,8 @@
 # there). On a GPU machine run it with STEPS=0 for the full epoch. Running it again resumes from the checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
-STEPS=${STEPS:-40}            # optimizer steps; 0 = one full epoch of the training split (the config's default)
-EVAL_STEPS=${EVAL_STEPS:-16}  # validation batches per evaluation; 0 = the full validation split
+STEPS=${STEPS:-24}            # optimizer steps; 0 = one full epoch of the training split (the config's default)
+EVAL_STEPS=${EVAL_STEPS:-8}  # validation batches per evaluation; 0 = the full validation split
 WORKDIR=${WORKDIR:-runs/gpt60m}
 
 python3 -m venv .venv
@@ -23,7 +23,11 @@ for split in train test; do
 done
 
 flags=(--config.train.eval_steps="$EVAL_STEPS")
-if [ "$STEPS" != 0 ]; then flags+=(--config.train.num_steps="$STEPS" --config.train.eval_every="$STEPS"); fi
+if [ "$STEPS" != 0 ]; then
+  flags+=(--config.train.num_steps="$STEPS" --config.train.eval_every="$STEPS")
+  echo "getting_started: training gpt60m for $STEPS steps only, evaluating on $EVAL_STEPS validation batches" \
+    "(a cap for CPUs; STEPS=0 EVAL_STEPS=0 runs the full epoch and the full validation split)"
+fi
 # CPUs have no fast bfloat16 matmuls: compute in float32 there (params and optimizer state are float32 anyway).
 if [ "$(.venv/bin/python -c 'import jax; print(jax.default_backend())')" = cpu ]; then
   flags+=(--config.train.compute_dtype=float32)
