@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 STEPS=${STEPS:-24}            # optimizer steps; 0 = one full epoch of the training split (the config's default)
 EVAL_STEPS=${EVAL_STEPS:-8}  # validation batches per evaluation; 0 = the full validation split
-WORKDIR=${WORKDIR:-runs/gpt60m}
+WORKDIR=${WORKDIR:-runs/gpt60m_steps$STEPS}  # one workdir per schedule: a resume must keep num_steps
 
 python3 -m venv .venv
 .venv/bin/pip install -q -e .

@@ -63,8 +63,8 @@ class Checkpointer:
         )
         self._manager.save(step, args=args, force=True)
 
-    def restore(self, abstract_state: train_step.TrainState, step: int | None = None) -> tuple[train_step.TrainState, dict]:
-        """Restores the state onto the shardings that `abstract_state` carries, and the data position."""
+    def restore(self, abstract_state: train_step.TrainState, step: int | None = None) -> train_step.TrainState:
+        """Restores the state onto the shardings that `abstract_state` carries."""
         step = self._resolve(step)
         restored = self._manager.restore(
             step,
@@ -72,20 +72,22 @@ class Checkpointer:
                 params=ocp.args.StandardRestore(abstract_state.params),
                 opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
                 train=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
-                data=ocp.args.JsonRestore(),
             ),
         )
-        state = train_step.TrainState(
+        return train_step.TrainState(
             step=restored.train["step"],
             params=restored.params,
             opt_state=restored.opt_state,
             rng=restored.train["rng"],
         )
-        return state, restored.data
 
-    def restore_config(self, step: int | None = None) -> dict:
+    def restore_json(self, step: int | None = None) -> tuple[dict, dict]:
+        """(config, data position) of a checkpoint: cheap, so a resume can be checked before any array is read."""
         step = self._resolve(step)
-        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
+        )
+        return restored.config, restored.data
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
         step = self._resolve(step)
@@ -118,18 +120,18 @@ def checkpoint_dir(workdir: str | os.PathLike) -> str:
 def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
     """Returns `(model, config)` from the newest (or given) checkpoint in `workdir`, without the optimizer state.
 
-    The parameters land on `mesh`, by default every device present, FSDP-sharded, so a checkpoint written on
-    8 GPUs opens in a notebook on one CPU.
+    The parameters land on `mesh`, by default the first local device, so a checkpoint written on 8 GPUs opens in a
+    notebook on one CPU; pass a mesh (sharding.make_mesh) to spread a large model over several devices.
     """
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir}: no checkpoints/ directory; is this a jaxgpt workdir?")
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)  # keep: never delete anything from a reader
     try:
-        config = ml_collections.ConfigDict(ckpt.restore_config(step))
+        config = ml_collections.ConfigDict(ckpt.restore_json(step)[0])
         step_cfg = train_step.StepConfig.from_config(config, num_steps=1)
-        if mesh is None:
-            mesh = sharding.make_mesh(1, -1, 1)
+        if mesh is None:  # one device: any model width fits, which an FSDP mesh over odd device counts would not
+            mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
         graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
         params = ckpt.restore_params(abstract.params, step)
     finally:

@@ -21,7 +21,11 @@ from jaxgpt.pbin import PackedDataError, open_tokens, read_header
 class PackedWindowSource:
     """Random access to int32 windows of S + 1 tokens; picklable, thread-safe, memmaps opened lazily per process."""
 
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], seq_len: int):
+    def __init__(
+        self, paths: str | os.PathLike | Sequence[str | os.PathLike], seq_len: int, vocab_size: int | None = None
+    ):
+        """`vocab_size`: when given, every window read is checked to hold only ids below it (a file packed with
+        another tokenizer must not reach the embedding lookup, which would clamp or NaN instead of failing)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = tuple(os.fspath(p) for p in paths)
@@ -30,6 +34,9 @@ class PackedWindowSource:
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
         self.seq_len = int(seq_len)
+        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+            raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
+        self.vocab_size = vocab_size
 
         data_lens, widths, windows = [], [], []
         for path in self.paths:
@@ -119,4 +126,11 @@ class PackedWindowSource:
             # A uint32 id >= 2**31 wrapped negative in int32: refuse rather than train on wrong ids.
             f = int(file_of[np.flatnonzero((out_NxW < 0).any(axis=1))[0]])
             raise PackedDataError(f"{self.paths[f]}: token id >= 2**31 does not fit int32 (corrupt file?)")
+        if self.vocab_size is not None and out_NxW.max(initial=0) >= self.vocab_size:
+            row = int(np.flatnonzero((out_NxW >= self.vocab_size).any(axis=1))[0])
+            f, token = int(file_of[row]), int(out_NxW[row].max())
+            raise PackedDataError(
+                f"{self.paths[f]}: window {int(indices[row])} holds token id {token} >= model.vocab_size="
+                f"{self.vocab_size} (packed with another tokenizer?)"
+            )
         return out_NxW

@@ -107,7 +107,7 @@ class MetricsLog:
             # A crash after the last checkpoint leaves events the resumed run will produce again: drop them, so the file
             # reads as one uninterrupted run.
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+                kept = [line for line in f if _event_step(line) <= resume_step]
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(kept)
@@ -121,6 +121,14 @@ class MetricsLog:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _event_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line a killed process left half-written (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 class Wandb:
@@ -229,15 +237,35 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    train_src = PackedWindowSource(split_paths(cfg.data.train_path, "data.train_path"), cfg.data.seq_len)
+    # Every read is checked against the vocabulary: ids from another tokenizer must fail here, not as a NaN loss.
+    vocab_size = cfg.model.vocab_size
+    train_src = PackedWindowSource(split_paths(cfg.data.train_path, "data.train_path"), cfg.data.seq_len, vocab_size)
     val_src = None
     if cfg.data.val_path:
-        val_src = PackedWindowSource(split_paths(cfg.data.val_path, "data.val_path"), cfg.data.seq_len)
+        val_src = PackedWindowSource(split_paths(cfg.data.val_path, "data.val_path"), cfg.data.seq_len, vocab_size)
     plan = make_plan(cfg, mesh, train_src)
     step_cfg = train_step.StepConfig.from_config(cfg, plan.num_steps)
     num_params = model.count_params(step_cfg.model)
     flops_per_token = model.flops_per_token(step_cfg.model, cfg.data.seq_len)
     peak_flops = resolve_peak_flops(cfg) * jax.device_count()
+
+    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
+    # What makes a resume exact: the batch order is a pure function of these, and the lr schedule of num_steps.
+    stream = {
+        "seed": cfg.data.seed,
+        "global_batch_size": plan.global_batch,
+        "seq_len": cfg.data.seq_len,
+        "num_windows": len(train_src),
+        "num_steps": plan.num_steps,
+    }
+    start_step = ckpt.latest_step() or 0
+    if start_step:
+        saved_config, saved_stream = ckpt.restore_json(start_step)
+        check_resumable(saved_config, saved_stream, cfg, stream, ckpt.directory, start_step)
+        graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
+        state = ckpt.restore(abstract, start_step)
+    else:
+        graphdef, state = train_step.create_train_state(step_cfg, mesh, cfg.train.seed)
 
     resolved = {
         "config": cfg.to_dict(),
@@ -250,26 +278,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             "device_kind": jax.devices()[0].device_kind,
         },
     }
-    if is_lead():
+    if is_lead():  # only now: a refused resume must not overwrite the record of the run that made the checkpoints
         path = os.path.join(workdir, "config.json")
         with open(path + ".tmp", "w") as f:
             json.dump(resolved, f, indent=2)
         os.replace(path + ".tmp", path)  # never a half-written config.json
-
-    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
-    data_position = {
-        "seed": cfg.data.seed,
-        "global_batch_size": plan.global_batch,
-        "seq_len": cfg.data.seq_len,
-        "num_windows": len(train_src),
-    }
-    start_step = ckpt.latest_step() or 0
-    if start_step:
-        graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
-        state, saved_position = ckpt.restore(abstract, start_step)
-        check_same_stream(saved_position, data_position, ckpt.directory, start_step)
-    else:
-        graphdef, state = train_step.create_train_state(step_cfg, mesh, cfg.train.seed)
 
     end_step = plan.num_steps if stop_after is None else min(plan.num_steps, stop_after)
     if is_lead():
@@ -340,8 +353,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
                     record(*pending)
                 pending = (done, metrics)
                 bar.update(1)
-                stopping = stop.agreed() or done == end_step
-                evaluating = eval_fn is not None and (done % cfg.train.eval_every == 0 or done == plan.num_steps)
+                signalled = stop.agreed()
+                stopping = signalled or done == end_step
+                # On a stop signal: save at once, no evaluation (a full validation pass could outlast the grace period).
+                evaluating = (
+                    eval_fn is not None
+                    and not signalled
+                    and (done % cfg.train.eval_every == 0 or done == plan.num_steps)
+                )
                 saving = stopping or ckpt.should_save(done)
                 if evaluating or saving:
                     record(*pending)  # never save or evaluate a state whose loss was not finite
@@ -354,7 +373,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
                     last["eval"] = event
                     timer.update(time=time.perf_counter(), step=done)  # evaluation time is not training throughput
                 if saving:
-                    ckpt.save(state, data={**data_position, "step": done}, config=cfg.to_dict())
+                    ckpt.save(state, data={**stream, "step": done}, config=cfg.to_dict())
                 if stopping:
                     break
             if pending is not None:
@@ -369,12 +388,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     return last
 
 
-def check_same_stream(saved: dict, current: dict, directory: str, step: int) -> None:
-    """Exact resume needs the same (seed, global batch, seq_len, data): otherwise samples would be lost or repeated."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items() if saved.get(k) != v]
+def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, directory: str, step: int) -> None:
+    """Refuses to resume under settings that would not continue the run exactly (or not fit its arrays)."""
+    diffs = [f"{k}: checkpoint {saved_stream.get(k)!r} vs now {v!r}" for k, v in stream.items() if saved_stream.get(k) != v]
+    for key, value in cfg.model.to_dict().items():
+        if saved_config["model"].get(key) != value:
+            diffs.append(f"model.{key}: checkpoint {saved_config['model'].get(key)!r} vs now {value!r}")
     if diffs:
         raise checkpoint.CheckpointError(
-            f"{directory}: step {step} was written for a different data stream, so resuming would not continue it "
+            f"{directory}: step {step} was written by a run with other settings, so resuming would not continue it "
             f"exactly ({'; '.join(diffs)}). Use a new --workdir, or restore the original settings."
         )
 

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, TEST_DATA
 from jaxgpt import checkpoint, train
+from jaxgpt.pbin import PackedDataError
 
 TRAIN_PBIN = str(TEST_DATA / "redpajama_v2_samples_512_train.pbin")
 VAL_PBIN = str(TEST_DATA / "redpajama_v2_samples_512_test.pbin")
@@ -105,16 +106,31 @@ def test_resume_is_exact(straight_run, tmp_path):
     workdir = str(tmp_path)
     train.run(tiny_config(), workdir, stop_after=3)
     assert max(train_losses(workdir)) == 3
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"event": "train", "step": 4, "lo')  # what a kill -9 mid-write leaves; resume must drop it
     train.run(tiny_config(), workdir)
     assert train_losses(workdir) == train_losses(straight_run)  # exact, not approximate
     assert_trees_equal(final_params(workdir), final_params(straight_run))
 
 
-def test_resume_refuses_a_different_data_stream(straight_run, tmp_path):
+def test_resume_refuses_other_settings(straight_run, tmp_path):
     workdir = str(tmp_path)
     train.run(tiny_config(), workdir, stop_after=2)
-    with pytest.raises(checkpoint.CheckpointError, match="seed"):
+    with open(os.path.join(workdir, "config.json")) as f:
+        recorded = f.read()
+    with pytest.raises(checkpoint.CheckpointError, match="seed: checkpoint 0 vs now 1"):
         train.run(tiny_config(**{"data.seed": 1}), workdir)
+    with pytest.raises(checkpoint.CheckpointError, match="num_steps: checkpoint 6 vs now 12"):
+        train.run(tiny_config(**{"train.num_steps": 12}), workdir)
+    with pytest.raises(checkpoint.CheckpointError, match="model.n_layer: checkpoint 2 vs now 3"):
+        train.run(tiny_config(**{"model.n_layer": 3}), workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == recorded  # a refused resume leaves the record of the real run alone
+
+
+def test_token_ids_beyond_the_vocab_are_a_data_error(tmp_path):
+    with pytest.raises(PackedDataError, match=r"redpajama_v2_samples_512_train.pbin: window \d+ holds token id \d+ >= model.vocab_size=1000"):
+        train.run(tiny_config(**{"model.vocab_size": 1000}), str(tmp_path))
 
 
 def test_restore_onto_another_mesh(tmp_path):
@@ -169,7 +185,8 @@ def _wait_for_checkpoint(proc, workdir, timeout=300):
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"training exited early with {proc.returncode}: {proc.stderr.read()}")
-        if glob.glob(os.path.join(ckpt_dir, "[0-9]*")):
+        # Only finished checkpoints: Orbax writes into "<step>.orbax-checkpoint-tmp-*" and renames when complete.
+        if os.path.isdir(ckpt_dir) and any(name.isdigit() for name in os.listdir(ckpt_dir)):
             return
         time.sleep(0.05)
     proc.kill()
@@ -200,6 +217,8 @@ def test_sigterm_saves_and_exits_cleanly_then_kill9_resumes_exactly(straight_run
     _wait_for_checkpoint(proc, workdir)
     proc.kill()
     proc.wait()
+    killed_at = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=1, keep=9).latest_step()
+    assert killed_at is not None and 1 <= killed_at < STEPS  # the resume below really starts mid-run
     train.run(tiny_config(), workdir)
     assert train_losses(workdir) == train_losses(straight_run)
     assert_trees_equal(final_params(workdir), final_params(straight_run))
