@@ -47,7 +47,9 @@ def ensure_modalities() -> pathlib.Path | None:
         subprocess.run([sys.executable, "-m", "venv", str(MOD_VENV)], check=True)
         pip = [str(MOD_VENV / "bin" / "pip"), "install", "-q", "--index-url", "https://download.pytorch.org/whl/cpu"]
         subprocess.run([*pip, "torch==2.13.0"], check=True)
-        subprocess.run([str(MOD_VENV / "bin" / "pip"), "install", "-q", "modalities==0.5.0", "transformers<5"], check=True)
+        subprocess.run(
+            [str(MOD_VENV / "bin" / "pip"), "install", "-q", "modalities==0.5.0", "transformers<5"], check=True
+        )
     except (subprocess.CalledProcessError, OSError) as e:
         print(f"skipping Modalities: could not create its venv ({e})")
         return None
@@ -89,7 +91,9 @@ def main() -> None:
     n_tok = read_pbin(WORK / "j.pbin").num_tokens
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest single process so far
     print(f"jaxgpt peak RSS of any one process (index or pack, main or worker): {peak_mb:.0f} MB")
-    print(f"jaxgpt     index {t_idx:6.2f} s ({size / t_idx / 1e6:6.1f} MB/s)   pack {t_pack:6.2f} s ({n_tok / t_pack / 1e6:5.2f}M tokens/s)")
+    print(
+        f"jaxgpt     index {t_idx:6.2f} s ({size / t_idx / 1e6:6.1f} MB/s)   pack {t_pack:6.2f} s ({n_tok / t_pack / 1e6:5.2f}M tokens/s)"
+    )
 
     exe = None if args.skip_modalities else ensure_modalities()
     if exe is None:
@@ -105,7 +109,9 @@ def main() -> None:
     )
     m_idx = timed([exe, "data", "create_raw_index", "--index_path", WORK / "m.idx", src])
     m_pack = timed([exe, "data", "pack_encoded_data", yaml])
-    print(f"Modalities index {m_idx:6.2f} s ({size / m_idx / 1e6:6.1f} MB/s)   pack {m_pack:6.2f} s ({n_tok / m_pack / 1e6:5.2f}M tokens/s)")
+    print(
+        f"Modalities index {m_idx:6.2f} s ({size / m_idx / 1e6:6.1f} MB/s)   pack {m_pack:6.2f} s ({n_tok / m_pack / 1e6:5.2f}M tokens/s)"
+    )
     same_idx = (WORK / "j.idx").read_bytes() == (WORK / "m.idx").read_bytes()
     same_pbin = (WORK / "j.pbin").read_bytes() == (WORK / "m.pbin").read_bytes()
     print(f"identical bytes: idx {same_idx}, pbin {same_pbin}")

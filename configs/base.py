@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.compute_dtype = "bfloat16"  # activations/matmuls; params and optimizer state stay float32
     t.remat = "none"  # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block
     t.z_loss = 0.0  # weight of the z-loss log(Z)^2 on the logits (0 disables)
-    t.peak_flops = ml_collections.FieldReference(None, field_type=float)  # FLOP/s per device for MFU; None: table by device kind
+    # FLOP/s of one device for MFU; None: the table by device kind (CPU: a matmul timed at start-up)
+    t.peak_flops = ml_collections.FieldReference(None, field_type=float)
 
     c.optim = o = ml_collections.ConfigDict()
     o.lr = 3e-4  # peak learning rate after warmup

@@ -71,9 +71,7 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
     """Rows [start, stop) of every global batch that host `process_index` of `process_count` feeds."""
     _check_positive("global_batch_size", global_batch_size)
     if global_batch_size % process_count:
-        raise ValueError(
-            f"global batch size {global_batch_size} is not divisible by the process count {process_count}"
-        )
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the process count {process_count}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is out of range for {process_count} processes")
     per_host = global_batch_size // process_count

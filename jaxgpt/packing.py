@@ -100,7 +100,7 @@ def _utf8_fault(line: bytes) -> str | None:
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as e:
-        return f"invalid UTF-8 at byte {e.start} of the line ({line[e.start:e.start + 4]!r})"
+        return f"invalid UTF-8 at byte {e.start} of the line ({line[e.start : e.start + 4]!r})"
     return None
 
 
@@ -160,7 +160,9 @@ def index_jsonl(src: str | os.PathLike, chunk_bytes: int = 16 << 20) -> np.ndarr
     return np.concatenate(chunks)
 
 
-def create_index(src: str | os.PathLike, dst: str | os.PathLike | None = None, file_existence_policy: str = "error") -> str | None:
+def create_index(
+    src: str | os.PathLike, dst: str | os.PathLike | None = None, file_existence_policy: str = "error"
+) -> str | None:
     """Writes the .idx of a JSONL (default: next to it); returns its path, or None when skipped by the policy."""
     src = os.fspath(src)
     dst = os.fspath(dst) if dst is not None else default_index_path(src)
@@ -201,7 +203,7 @@ class _Extractor:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise _Fault(f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start:e.start + 4]!r})") from None
+            raise _Fault(f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start : e.start + 4]!r})") from None
         if self.keys is None:
             try:
                 value = self.program.input_text(line).first()
@@ -218,11 +220,15 @@ class _Extractor:
                 if isinstance(value, dict):
                     value = value.get(key)
                 elif value is not None:  # jq: null.key is null, but indexing a number/string/array is an error
-                    raise _Fault(f"jq pattern {self.pattern!r} fails: cannot index a {type(value).__name__} with {key!r}")
+                    raise _Fault(
+                        f"jq pattern {self.pattern!r} fails: cannot index a {type(value).__name__} with {key!r}"
+                    )
         if value is None:
             raise _Fault(f"jq pattern {self.pattern!r} yields null")
         if not isinstance(value, str):
-            raise _Fault(f"jq pattern {self.pattern!r} yields a value of type {type(value).__name__}, expected a string")
+            raise _Fault(
+                f"jq pattern {self.pattern!r} yields a value of type {type(value).__name__}, expected a string"
+            )
         if not value.isascii():
             try:
                 value.encode("utf-8")
@@ -274,7 +280,9 @@ def _encode_lines(first: int, entries_Mx2: np.ndarray) -> tuple[int, np.ndarray,
             doc = int(np.searchsorted(ends, pos, side="right"))
             if not bad[doc]:
                 bad[doc] = True
-                faults.append((entries[doc], f"token id {flat[pos]} does not fit the token width of {spec.width} bytes"))
+                faults.append(
+                    (entries[doc], f"token id {flat[pos]} does not fit the token width of {spec.width} bytes")
+                )
     for doc in np.flatnonzero(counts == 0):
         faults.append((entries[doc], "text is empty (no tokens)"))
     if bad.any():
@@ -371,7 +379,9 @@ def pack_jsonl(
     tokenizer = load_tokenizer(tokenizer_file, tokenizer_backend)
     eod_id = tokenizer.token_id(eod_token)
     if eod_id is None:
-        raise PackedDataError(f"{tokenizer.path}: unknown EOD token {eod_token!r} (not in the vocabulary or added tokens)")
+        raise PackedDataError(
+            f"{tokenizer.path}: unknown EOD token {eod_token!r} (not in the vocabulary or added tokens)"
+        )
     if eod_id >= 256**tokenizer.width:
         raise PackedDataError(f"EOD token {eod_token!r} has id {eod_id}, too large for {tokenizer.width}-byte tokens")
     extractor = _Extractor(jq_pattern)  # compile errors surface here, before any worker starts

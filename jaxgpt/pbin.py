@@ -74,7 +74,9 @@ def load_pickled_pairs(data: bytes, where: str) -> list[tuple[int, int]]:
     except Exception as e:  # noqa: BLE001 - any failure of untrusted bytes is one clear error
         raise PackedDataError(f"{where}: index pickle is corrupt or not allowed ({type(e).__name__}: {e})") from None
     if not isinstance(obj, list):
-        raise PackedDataError(f"{where}: index pickle holds a {type(obj).__name__}, expected a list of (offset, length)")
+        raise PackedDataError(
+            f"{where}: index pickle holds a {type(obj).__name__}, expected a list of (offset, length)"
+        )
     for i, pair in enumerate(obj):
         if (
             type(pair) is not tuple
@@ -108,14 +110,18 @@ class _PairsSink:
             or set(map(len, items)) != {2}
             or set(map(type, itertools.chain.from_iterable(items))) != {int}
         ):
-            bad = next(i for i, p in enumerate(items) if type(p) is not tuple or len(p) != 2 or {type(x) for x in p} != {int})
+            bad = next(
+                i for i, p in enumerate(items) if type(p) is not tuple or len(p) != 2 or {type(x) for x in p} != {int}
+            )
             raise PackedDataError(
                 f"{self.where}: index entry {self.count + bad} is {items[bad]!r}, expected a tuple of two non-negative ints"
             )
         try:
             pairs_Nx2 = np.array(items, dtype=np.int64).reshape(-1, 2)
         except OverflowError:
-            raise PackedDataError(f"{self.where}: an index entry near entry {self.count} does not fit in int64") from None
+            raise PackedDataError(
+                f"{self.where}: an index entry near entry {self.count} does not fit in int64"
+            ) from None
         if len(pairs_Nx2) and pairs_Nx2.min() < 0:
             bad = int(np.flatnonzero((pairs_Nx2 < 0).any(axis=1))[0])
             raise PackedDataError(
@@ -208,7 +214,9 @@ def load_pairs(f, where: str) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - any failure of untrusted bytes is one clear error
         raise PackedDataError(f"{where}: index pickle is corrupt or not allowed ({type(e).__name__}: {e})") from None
     if obj is not sink:
-        raise PackedDataError(f"{where}: index pickle holds a {type(obj).__name__}, expected a list of (offset, length)")
+        raise PackedDataError(
+            f"{where}: index pickle holds a {type(obj).__name__}, expected a list of (offset, length)"
+        )
     trailing = len(stream.read())  # the BufferedReader may have read ahead: count what the unpickler left
     if trailing:
         raise PackedDataError(f"{where}: {trailing} unexpected bytes after the index pickle (corrupt or concatenated?)")
@@ -280,7 +288,12 @@ def write_pairs(f, pairs_Nx2: np.ndarray) -> int:
         tail_len = 2 + ((i % 1000 == 999) | (i == n - 1)).astype(np.int64)
         rows_Mx24 = np.concatenate([np.full((m, 1), ord("("), np.uint8), a_ops, b_ops, tail_Mx3], axis=1)
         keep_Mx24 = np.concatenate(
-            [mark[:, None], np.arange(10) < a_len[:, None], np.arange(10) < b_len[:, None], np.arange(3) < tail_len[:, None]],
+            [
+                mark[:, None],
+                np.arange(10) < a_len[:, None],
+                np.arange(10) < b_len[:, None],
+                np.arange(3) < tail_len[:, None],
+            ],
             axis=1,
         )
         body = rows_Mx24[keep_Mx24].tobytes()
@@ -519,7 +532,9 @@ def merge_pbin(dst: str | os.PathLike, srcs: Sequence[str | os.PathLike], chunk_
     widths = {f.width for f in files}
     if len(widths) > 1:
         detail = ", ".join(f"{f.path}: {f.width}" for f in files)
-        raise PackedDataError(f"inputs have different token widths ({detail}); were they made with different tokenizers?")
+        raise PackedDataError(
+            f"inputs have different token widths ({detail}); were they made with different tokenizers?"
+        )
     dst = os.fspath(dst)
     for f in files:
         if os.path.exists(dst) and os.path.samefile(f.path, dst):

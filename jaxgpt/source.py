@@ -34,7 +34,9 @@ class PackedWindowSource:
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
         self.seq_len = int(seq_len)
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        if vocab_size is not None and (
+            isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1
+        ):
             raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
         self.vocab_size = vocab_size
 

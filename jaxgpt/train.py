@@ -40,8 +40,10 @@ from jaxgpt.source import PackedWindowSource
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, config.json, wandb/.")
 _STOP_AFTER = flags.DEFINE_integer(
-    "stop_after", None, "Stop with a checkpoint once this many steps are done (a time-boxed job); the lr schedule still "
-    "spans train.num_steps, and running again resumes."
+    "stop_after",
+    None,
+    "Stop with a checkpoint once this many steps are done (a time-boxed job); the lr schedule still "
+    "spans train.num_steps, and running again resumes.",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-host runs (jax.distributed.initialize)."
@@ -249,7 +251,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     flops_per_token = model.flops_per_token(step_cfg.model, cfg.data.seq_len)
     peak_flops = resolve_peak_flops(cfg) * jax.device_count()
 
-    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
+    ckpt = checkpoint.Checkpointer(
+        checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep
+    )
     # What makes a resume exact: the batch order is a pure function of these, and the lr schedule of num_steps.
     stream = {
         "seed": cfg.data.seed,
@@ -317,7 +321,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             good = ckpt.latest_step()
             raise TrainingStopped(
                 f"step {done}: loss={m['loss']} grad_norm={m['grad_norm']} is not finite; stopping. "
-                + (f"The last good checkpoint is step {good} in {ckpt.directory}." if good else "No checkpoint was saved.")
+                + (
+                    f"The last good checkpoint is step {good} in {ckpt.directory}."
+                    if good
+                    else "No checkpoint was saved."
+                )
             )
         bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         if done % cfg.train.log_every == 0 or done == end_step:
@@ -390,7 +398,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
 
 def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, directory: str, step: int) -> None:
     """Refuses to resume under settings that would not continue the run exactly (or not fit its arrays)."""
-    diffs = [f"{k}: checkpoint {saved_stream.get(k)!r} vs now {v!r}" for k, v in stream.items() if saved_stream.get(k) != v]
+    diffs = [
+        f"{k}: checkpoint {saved_stream.get(k)!r} vs now {v!r}" for k, v in stream.items() if saved_stream.get(k) != v
+    ]
     for key, value in cfg.model.to_dict().items():
         if saved_config["model"].get(key) != value:
             diffs.append(f"model.{key}: checkpoint {saved_config['model'].get(key)!r} vs now {value!r}")

@@ -242,7 +242,6 @@ def test_read_errors_surface_from_the_iterator(tmp_path, mesh):
             next(it)
 
 
-
 def test_rows_owned_by_this_process_must_be_the_rows_it_reads(mesh, monkeypatch):
     """Pretend to be process 0 of 2 while owning all 8 devices: the feed would be half the rows, so it refuses."""
     monkeypatch.setattr(jax, "process_count", lambda: 2)

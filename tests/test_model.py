@@ -23,7 +23,9 @@ SMALL = ModelConfig(
 
 VARIANTS = {
     "gqa_rope_swiglu_tied": {},
-    "mha_gelu_learned_bias_untied": dict(n_head_kv=4, mlp="gelu", pos_emb="learned", use_bias=True, tie_embeddings=False),
+    "mha_gelu_learned_bias_untied": dict(
+        n_head_kv=4, mlp="gelu", pos_emb="learned", use_bias=True, tie_embeddings=False
+    ),
     "rms_qknorm_nopos": dict(norm="rms", qk_norm=True, pos_emb="none"),
     "layer_qknorm_mqa": dict(n_head_kv=1, qk_norm=True),
     "rms_qknorm_rope_gqa": dict(norm="rms", qk_norm=True),

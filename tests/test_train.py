@@ -129,7 +129,10 @@ def test_resume_refuses_other_settings(straight_run, tmp_path):
 
 
 def test_token_ids_beyond_the_vocab_are_a_data_error(tmp_path):
-    with pytest.raises(PackedDataError, match=r"redpajama_v2_samples_512_train.pbin: window \d+ holds token id \d+ >= model.vocab_size=1000"):
+    with pytest.raises(
+        PackedDataError,
+        match=r"redpajama_v2_samples_512_train.pbin: window \d+ holds token id \d+ >= model.vocab_size=1000",
+    ):
         train.run(tiny_config(**{"model.vocab_size": 1000}), str(tmp_path))
 
 

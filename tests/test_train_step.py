@@ -29,7 +29,9 @@ MODEL = ModelConfig(
 )  # fmt: skip
 # eps=1e-3: Adam's first update is lr * g / (|g| + eps), which with eps >> 1e-8 stays proportional to the gradient
 # for small g, so comparing updates compares gradients (with eps=1e-8 it is lr * sign(g) and hides them).
-OPTIM = OptimConfig(lr=1e-2, min_lr_ratio=0.1, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-3, weight_decay=0.1, clip_norm=1.0)
+OPTIM = OptimConfig(
+    lr=1e-2, min_lr_ratio=0.1, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-3, weight_decay=0.1, clip_norm=1.0
+)
 STEP = StepConfig(MODEL, OPTIM, num_steps=100, grad_accum=1, compute_dtype="float32", remat="none", z_loss=0.0)
 
 
