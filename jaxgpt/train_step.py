@@ -6,6 +6,7 @@ its own rows (see `_split_micro`).
 """
 
 import dataclasses
+import math
 from typing import Callable
 
 import flax.struct
@@ -94,8 +95,23 @@ def abstract_train_state(cfg: StepConfig, mesh) -> tuple[nnx.GraphDef, TrainStat
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: _model(cfg, nnx.Rngs(params=0))))
     shapes = jax.eval_shape(lambda: _init(cfg, 0))
     shardings = _state_shardings(shapes, mesh)
+    jax.tree.map_with_path(_check_divisible, shapes, shardings)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return graphdef, abstract
+
+
+def _check_divisible(path, leaf: jax.ShapeDtypeStruct, sharding: jax.sharding.NamedSharding) -> None:
+    """A clear error instead of JAX's when a mesh axis does not divide the dimension it shards."""
+    for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        shards = math.prod(sharding.mesh.shape[a] for a in axes)
+        if size % shards:
+            mesh_sizes = ", ".join(f"mesh.{a}={sharding.mesh.shape[a]}" for a in axes)
+            raise ValueError(
+                f"{jax.tree_util.keystr(path, simple=True, separator='.').removesuffix('.value')} has size {size} in"
+                f" dim {dim}, which {mesh_sizes} does not divide; pick mesh sizes that divide the model's heads, widths"
+                " and vocab"
+            )
 
 
 def create_train_state(cfg: StepConfig, mesh, seed: int) -> tuple[nnx.GraphDef, TrainState]:

@@ -238,3 +238,11 @@ def test_step_config_errors_name_the_key():
         dataclasses.replace(STEP, grad_accum=0)
     with pytest.raises(ValueError, match="optim.b2=1.0"):
         dataclasses.replace(OPTIM, b2=1.0)
+
+
+def test_a_mesh_axis_that_does_not_divide_a_weight_is_a_clear_error():
+    # c_proj has 4 heads x 8 = 32 rows: 3 tensor shards cannot split them
+    with pytest.raises(
+        ValueError, match=r"params\.h\.0\.attn\.c_proj\.kernel has size \d+ in dim 0, which mesh.tensor=3"
+    ):
+        abstract_train_state(STEP, _mesh(tensor=3))
