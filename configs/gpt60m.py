@@ -3,20 +3,15 @@
 Load by path: `python -m jaxgpt.train --config=configs/gpt60m.py`.
 """
 
-import importlib.util
 import pathlib
+import runpy
 
-
-def _base():
-    # By path, not `from configs import base`: config_flags loads this file without the repo on sys.path.
-    spec = importlib.util.spec_from_file_location("jaxgpt_config_base", pathlib.Path(__file__).with_name("base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# By path, not `from configs import base`: config_flags loads this file without the repo on sys.path.
+_base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))["get_config"]
 
 
 def get_config():
-    c = _base().get_config()
+    c = _base_config()
 
     c.model.vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 64
     c.model.n_layer = 10

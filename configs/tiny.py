@@ -1,19 +1,14 @@
 """A tiny GPT for tests and CPU smoke runs: real GPT-2 tokens, 2 blocks of width 64, float32 so CPU tests are exact."""
 
-import importlib.util
 import pathlib
+import runpy
 
-
-def _base():
-    # By path, not `from configs import base`: config_flags loads this file without the repo on sys.path.
-    spec = importlib.util.spec_from_file_location("jaxgpt_config_base", pathlib.Path(__file__).with_name("base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# By path, not `from configs import base`: config_flags loads this file without the repo on sys.path.
+_base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))["get_config"]
 
 
 def get_config():
-    c = _base().get_config()
+    c = _base_config()
 
     c.model.vocab_size = 50304  # trains on real GPT-2 tokens
     c.model.n_layer = 2

@@ -90,11 +90,6 @@ def load_pickled_pairs(data: bytes, where: str) -> list[tuple[int, int]]:
     return obj
 
 
-def dump_pairs(pairs: list[tuple[int, int]]) -> bytes:
-    """Pickles the index exactly as Modalities does (protocol 4, plain Python ints)."""
-    return pickle.dumps(pairs, protocol=4)
-
-
 class _PairsSink:
     """Receives the index pickle's APPENDS batches (the C unpickler calls `extend` on a non-list) as int64 arrays."""
 
@@ -361,13 +356,14 @@ class PbinWriter:
         self.num_docs += len(counts)
         self.num_tokens += len(tokens)
 
-    def write_raw(self, data: bytes | memoryview, doc_byte_lengths: np.ndarray) -> None:
-        """Appends already-encoded token bytes (used by merge, which copies data segments)."""
+    def copy_data(self, src, num_bytes: int, doc_byte_lengths: np.ndarray, chunk_bytes: int = 16 << 20) -> None:
+        """Appends `num_bytes` of already-encoded tokens read from the open file `src` (merge copies data segments)."""
+        for start in range(0, num_bytes, chunk_bytes):
+            self.f.write(src.read(min(chunk_bytes, num_bytes - start)))
         lengths = np.asarray(doc_byte_lengths, dtype=np.int64)
-        self.f.write(data)
         self.doc_lengths.append(lengths // self.width)
         self.num_docs += len(lengths)
-        self.num_tokens += len(data) // self.width
+        self.num_tokens += num_bytes // self.width
 
     def close(self) -> None:
         """Writes the index pickle after the data and patches data_len into the header."""
@@ -545,11 +541,7 @@ def merge_pbin(dst: str | os.PathLike, srcs: Sequence[str | os.PathLike], chunk_
             for pf in files:
                 with open(pf.path, "rb") as src:
                     src.seek(HEADER_BYTES)
-                    for start in range(0, pf.data_len, chunk_bytes):
-                        writer.f.write(src.read(min(chunk_bytes, pf.data_len - start)))
-                writer.doc_lengths.append(pf.doc_bytes[:, 1] // pf.width)
-                writer.num_docs += pf.num_docs
-                writer.num_tokens += pf.num_tokens
+                    writer.copy_data(src, pf.data_len, pf.doc_bytes[:, 1], chunk_bytes)
             writer.close()
         except BaseException:
             writer.abort()
