@@ -47,7 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.compute_dtype = "bfloat16"  # activations/matmuls; params and optimizer state stay float32
     t.remat = "none"  # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block
     t.z_loss = 0.0  # weight of the z-loss log(Z)^2 on the logits (0 disables)
-    # FLOP/s of one device for MFU; None: the table by device kind (CPU: a matmul timed at start-up)
+    t.loss_chunks = 4  # pieces of the sequence the fused vocab projection + cross-entropy walks (must divide seq_len)
+    t.attention = "auto"  # "auto" (cuDNN flash on GPU with bf16 compute, else XLA) | "xla" | "cudnn"
+    # FLOP/s of one device for MFU (CPU: of the host); None: the device table (CPU: a matmul timed at start-up)
     t.peak_flops = ml_collections.FieldReference(None, field_type=float)
 
     c.optim = o = ml_collections.ConfigDict()

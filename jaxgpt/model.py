@@ -26,6 +26,7 @@ from flax import nnx
 
 from jaxgpt.sharding import constrain
 
+ATTENTION = ("auto", "xla", "cudnn")
 _CHOICES = {"mlp": ("swiglu", "gelu"), "pos_emb": ("rope", "learned", "none"), "norm": ("layer", "rms")}
 
 
@@ -179,8 +180,50 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def attention_implementation(choice: str, dtype) -> str | None:
+    """jax.nn.dot_product_attention's implementation: "auto" takes cuDNN's fused flash attention on GPU with a 16-bit
+    compute dtype (cuDNN has no float32 kernel) and XLA's otherwise."""
+    if choice not in ATTENTION:
+        raise ValueError(f"train.attention={choice!r} must be one of {ATTENTION}")
+    if choice == "auto":
+        sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        return "cudnn" if jax.default_backend() == "gpu" and sixteen_bit else "xla"
+    return choice
+
+
+# XLA's attention (CPU) materialises float32 scores [B, H, T, T] and masks half of them. Cutting the queries into
+# blocks of this many rows and giving each block only the keys up to its end skips most masked scores (5/8 of the
+# work remains at T = 512) and keeps each block's scores in cache: ~1.4x faster forward + backward on CPU at gpt60m.
+_XLA_QUERY_BLOCK = 128
+
+
+def causal_attention(
+    q_BxTxHxK: jax.Array, k_BxSxNxK: jax.Array, v_BxSxNxK: jax.Array, implementation: str
+) -> jax.Array:
+    """Causal softmax attention through jax.nn.dot_product_attention; N < H kv heads is grouped-query attention."""
+    T = q_BxTxHxK.shape[1]
+    if implementation == "cudnn" or T <= _XLA_QUERY_BLOCK:
+        return jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxSxNxK, v_BxSxNxK, is_causal=True, implementation=implementation
+        )
+    outputs = []
+    for start in range(0, T, _XLA_QUERY_BLOCK):
+        end = min(start + _XLA_QUERY_BLOCK, T)
+        # query row start + i sees keys 0 .. start + i
+        allowed_CxE = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        y_BxCxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK[:, start:end],
+            k_BxSxNxK[:, :end],
+            v_BxSxNxK[:, :end],
+            mask=allowed_CxE[None, None],
+            implementation=implementation,
+        )
+        outputs.append(y_BxCxHxK)
+    return jnp.concatenate(outputs, axis=1)
+
+
 class CausalSelfAttention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, attention: str, rngs: nnx.Rngs):
         D, H, N, K = cfg.n_embd, cfg.n_head_q, cfg.n_head_kv, cfg.head_dim
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
         self.q_attn = Linear(D, H * K, ("embed", "heads"), use_bias=cfg.use_bias, std=std, dtype=dtype, rngs=rngs)
@@ -190,6 +233,7 @@ class CausalSelfAttention(nnx.Module):
         self.q_norm = Norm(K, cfg.norm, cfg.norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = Norm(K, cfg.norm, cfg.norm_eps, dtype) if cfg.qk_norm else None
         self.n_head_q, self.n_head_kv, self.head_dim = H, N, K
+        self.implementation = attention
 
     def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         B, T, _ = x_BxTxD.shape
@@ -206,7 +250,7 @@ class CausalSelfAttention(nnx.Module):
         k_BxTxNxK = constrain(k_BxTxNxK, "batch", "seq", "kv_heads", None)
         v_BxTxNxK = constrain(v_BxTxNxK, "batch", "seq", "kv_heads", None)
         # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
-        y_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, is_causal=True)
+        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation)
         return self.c_proj(y_BxTxHxK.reshape(B, T, H * K))  # [B, T, H, K] -> [B, T, H*K]
 
 
@@ -237,9 +281,9 @@ class GeluMLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, attention: str, rngs: nnx.Rngs):
         self.attention_norm = Norm(cfg.n_embd, cfg.norm, cfg.norm_eps, dtype)
-        self.attn = CausalSelfAttention(cfg, dtype=dtype, rngs=rngs)
+        self.attn = CausalSelfAttention(cfg, dtype=dtype, attention=attention, rngs=rngs)
         self.ffn_norm = Norm(cfg.n_embd, cfg.norm, cfg.norm_eps, dtype)
         self.mlp = SwiGLU(cfg, dtype=dtype, rngs=rngs) if cfg.mlp == "swiglu" else GeluMLP(cfg, dtype=dtype, rngs=rngs)
         self.rate = cfg.dropout
@@ -260,16 +304,19 @@ _REMAT_POLICIES = {
 class GPT(nnx.Module):
     """Decoder-only transformer; tokens [B, T] -> float32 logits [B, T, V]."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
+    def __init__(
+        self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none", attention: str = "auto"
+    ):
         if remat not in ("none", *_REMAT_POLICIES):
             raise ValueError(f"train.remat={remat!r} must be one of {('none', *_REMAT_POLICIES)}")
+        attention = attention_implementation(attention, dtype)
         self.cfg, self.dtype, self.remat = cfg, dtype, remat
         D = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=cfg.init_std, rngs=rngs)
         # One assignment each: NNX fixes an attribute as data (a submodule) or static (None) when first set.
         learned, untied, std = cfg.pos_emb == "learned", not cfg.tie_embeddings, cfg.init_std
         self.wpe = Embedding(cfg.seq_len, D, ("norm", "embed"), std=std, rngs=rngs) if learned else None
-        self.h = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.h = nnx.List([Block(cfg, dtype=dtype, attention=attention, rngs=rngs) for _ in range(cfg.n_layer)])
         self.lm_head_norm = Norm(D, cfg.norm, cfg.norm_eps, dtype)
         self.lm_head = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=std, rngs=rngs) if untied else None
 

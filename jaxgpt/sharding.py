@@ -41,6 +41,14 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_spec(*names))
 
 
+def batch_shards() -> int:
+    """How many ways the mesh in context splits the batch rows (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    return math.prod(mesh.shape[axis] for axis in _RULES["batch"])
+
+
 def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
     """Mesh with axes ("data", "fsdp", "tensor"); at most one size may be -1 (all devices left over)."""
     devices = list(jax.devices() if devices is None else devices)

@@ -16,7 +16,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxgpt.model import GPT, ModelConfig
+from jaxgpt.loss import check_chunks, lm_loss, token_losses
+from jaxgpt.model import ATTENTION, GPT, ModelConfig
 from jaxgpt.optim import OptimConfig, lr_schedule, make_optimizer
 from jaxgpt.sharding import LOGICAL_AXIS_RULES, batch_sharding, constrain, logical_spec
 
@@ -33,6 +34,8 @@ class StepConfig:
     compute_dtype: str  # "bfloat16" | "float32"
     remat: str  # "none" | "full" | "dots"
     z_loss: float
+    loss_chunks: int = 4  # pieces of T the fused vocab projection + cross-entropy walks through (jaxgpt/loss.py)
+    attention: str = "auto"  # "auto" | "xla" | "cudnn": implementation of jax.nn.dot_product_attention
 
     def __post_init__(self):
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -45,6 +48,9 @@ class StepConfig:
             raise ValueError(f"train.remat={self.remat!r} must be one of {_REMAT}")
         if not self.z_loss >= 0.0:
             raise ValueError(f"train.z_loss={self.z_loss!r} must be >= 0")
+        check_chunks(self.model.seq_len, self.loss_chunks)
+        if self.attention not in ATTENTION:
+            raise ValueError(f"train.attention={self.attention!r} must be one of {ATTENTION}")
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict, num_steps: int) -> "StepConfig":
@@ -58,6 +64,8 @@ class StepConfig:
             compute_dtype=t.compute_dtype,
             remat=t.remat,
             z_loss=float(t.z_loss),
+            loss_chunks=t.loss_chunks,
+            attention=t.attention,
         )
 
     @property
@@ -73,7 +81,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def _model(cfg: StepConfig, rngs: nnx.Rngs) -> GPT:
-    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention)
 
 
 def _init(cfg: StepConfig, seed: int) -> TrainState:
@@ -127,20 +135,12 @@ def merge_model(graphdef: nnx.GraphDef, params: nnx.State) -> GPT:
     return nnx.merge(graphdef, params)
 
 
-def token_losses(h_BxTxD: jax.Array, w_VxD: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Cross-entropy and log-partition log(Z) per token, float32, from final hidden states and the vocab projection."""
-    logits_BxTxV = jnp.einsum("BTD,VD->BTV", h_BxTxD, w_VxD, preferred_element_type=jnp.float32)
-    logits_BxTxV = constrain(logits_BxTxV, "batch", "seq", "vocab")
-    lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-    return lse_BxT - target_logit_BxT, lse_BxT
-
-
-def _forward_losses(cfg: StepConfig, graphdef, params, inputs_BxT, targets_BxT, dropout_key):
+def _hidden(graphdef, params, inputs_BxT, dropout_key) -> tuple[jax.Array, jax.Array]:
+    """Final hidden states [B, T, D] (compute dtype) and the float32 vocab projection [V, D]."""
     model = nnx.merge(graphdef, params)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
     h_BxTxD = model.hidden(inputs_BxT, deterministic=dropout_key is None, rngs=rngs)
-    return token_losses(h_BxTxD, model.head_weight().astype(cfg.dtype), targets_BxT)
+    return h_BxTxD, model.head_weight()
 
 
 def _split_micro(x_GxT: jax.Array, accum: int) -> jax.Array:
@@ -158,9 +158,8 @@ def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, di
     use_dropout = cfg.model.dropout > 0.0
 
     def loss_fn(params, inputs_BxT, targets_BxT, key):
-        ce_BxT, lse_BxT = _forward_losses(cfg, graphdef, params, inputs_BxT, targets_BxT, key)
-        ce = ce_BxT.mean()
-        return ce + cfg.z_loss * jnp.mean(lse_BxT**2), ce
+        h_BxTxD, w_VxD = _hidden(graphdef, params, inputs_BxT, key)
+        return lm_loss(h_BxTxD, w_VxD, targets_BxT, cfg.z_loss, cfg.loss_chunks)  # (loss, ce)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
@@ -203,7 +202,8 @@ def make_eval_step(cfg: StepConfig, graphdef, mesh) -> Callable[[nnx.State, dict
 
     def eval_step(params: nnx.State, batch: dict) -> dict:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            ce_GxT, _ = _forward_losses(cfg, graphdef, params, batch["inputs"], batch["targets"], None)
+            h_GxTxD, w_VxD = _hidden(graphdef, params, batch["inputs"], None)
+            ce_GxT, _ = token_losses(h_GxTxD, w_VxD, batch["targets"], cfg.loss_chunks)
             mask_GxT = batch["mask"].astype(jnp.float32)
             return {"loss_sum": jnp.sum(ce_GxT * mask_GxT), "num_tokens": jnp.sum(mask_GxT)}
 

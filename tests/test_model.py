@@ -190,3 +190,38 @@ def test_logits_equal_modalities_gpt2llm(name, tmp_path):
     subprocess.run([str(MODALITIES_PYTHON), str(script), str(tmp_path / "spec.json")], check=True, timeout=120)
     expected = np.load(tmp_path / "y.npy")
     np.testing.assert_allclose(_logits(model, jnp.asarray(tokens)), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [128, 300, 512])
+def test_query_blocked_attention_equals_one_call(T):
+    """The XLA path's query blocks (128 rows, keys up to each block's end) == one causal call, values and grads."""
+    from jaxgpt.model import causal_attention
+
+    B, H, N, K = 2, 4, 2, 8
+    k_q, k_k, k_v, k_g = jax.random.split(jax.random.key(0), 4)
+    q_BxTxHxK = jax.random.normal(k_q, (B, T, H, K))
+    k_BxTxNxK = jax.random.normal(k_k, (B, T, N, K))
+    v_BxTxNxK = jax.random.normal(k_v, (B, T, N, K))
+    probe_BxTxHxK = jax.random.normal(k_g, (B, T, H, K))
+
+    def blocked(q, k, v):
+        return jnp.sum(causal_attention(q, k, v, "xla") * probe_BxTxHxK)
+
+    def whole(q, k, v):
+        return jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True) * probe_BxTxHxK)
+
+    out, grads = jax.value_and_grad(blocked, argnums=(0, 1, 2))(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK)
+    ref_out, ref_grads = jax.value_and_grad(whole, argnums=(0, 1, 2))(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5)
+    for g, ref_g in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_choice():
+    from jaxgpt.model import attention_implementation
+
+    assert attention_implementation("auto", jnp.float32) == "xla"
+    assert attention_implementation("auto", jnp.bfloat16) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+    assert attention_implementation("cudnn", jnp.bfloat16) == "cudnn"
+    with pytest.raises(ValueError, match="train.attention='flash'"):
+        attention_implementation("flash", jnp.bfloat16)

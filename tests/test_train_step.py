@@ -3,6 +3,7 @@ big batch, the loss goes down, and the pieces around them (schedule, decay mask,
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -236,6 +237,10 @@ def test_step_config_errors_name_the_key():
         dataclasses.replace(STEP, remat="some")
     with pytest.raises(ValueError, match="train.grad_accum=0"):
         dataclasses.replace(STEP, grad_accum=0)
+    with pytest.raises(ValueError, match="train.loss_chunks=3 must be a positive int that divides data.seq_len=16"):
+        dataclasses.replace(STEP, loss_chunks=3)
+    with pytest.raises(ValueError, match="train.attention='flash'"):
+        dataclasses.replace(STEP, attention="flash")
     with pytest.raises(ValueError, match="optim.b2=1.0"):
         dataclasses.replace(OPTIM, b2=1.0)
 
@@ -246,3 +251,25 @@ def test_a_mesh_axis_that_does_not_divide_a_weight_is_a_clear_error():
         ValueError, match=r"params\.h\.0\.attn\.c_proj\.kernel has size \d+ in dim 0, which mesh.tensor=3"
     ):
         abstract_train_state(STEP, _mesh(tensor=3))
+
+
+def test_vocab_gradient_is_reduced_across_devices_once_not_per_loss_chunk():
+    """fsdp=8, 4 loss chunks: the chunk loop of jaxgpt/loss.py holds no collective on an array (only scalars), so the
+    V x D gradient crosses devices once per micro batch, as without chunks."""
+    cfg = dataclasses.replace(STEP, loss_chunks=4)
+    mesh = _mesh(fsdp=8)
+    graphdef, state = create_train_state(cfg, mesh, seed=0)
+    batch = _batch(mesh)
+    hlo = make_train_step(cfg, graphdef, mesh).lower(state, {k: batch[k] for k in ("inputs", "targets")})
+    text = hlo.compile().as_text()
+    bodies = set(re.findall(r"body=%([\w.\-]+)", text))
+    assert bodies, "no while loop found: the chunk scan is gone, update this test"
+    computations = {
+        m.group(1): m.group(0) for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(?:.*\n)*?\}", text, re.MULTILINE)
+    }
+    collective = re.compile(r"= (.*?) (all-reduce|reduce-scatter|all-gather|all-to-all)(-start)?\(")
+    for body in bodies:
+        # shape: "f32[]", or a tuple such as "(f32[1,256,32]{2,1,0}, f32[])"
+        for shape, op, _ in collective.findall(computations[body]):
+            dims = re.findall(r"\w+\[([\d,]*)\]", shape)
+            assert dims and not any(dims), f"{op} of {shape} inside loop body {body}"

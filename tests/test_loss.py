@@ -1,0 +1,87 @@
+"""The fused, chunked vocab projection + cross-entropy equals plain autodiff of the unfused loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.loss import lm_loss, token_losses
+
+B, T, D, V = 2, 12, 16, 37
+
+
+def _inputs(seed=0):
+    k_h, k_w, k_t = jax.random.split(jax.random.key(seed), 3)
+    h_BxTxD = jax.random.normal(k_h, (B, T, D))
+    w_VxD = 0.5 * jax.random.normal(k_w, (V, D))
+    targets_BxT = jax.random.randint(k_t, (B, T), 0, V)
+    return h_BxTxD, w_VxD, targets_BxT
+
+
+def _reference(h_BxTxD, w_VxD, targets_BxT, z_loss):
+    logits_BxTxV = jnp.einsum("BTD,VD->BTV", h_BxTxD, w_VxD, precision="highest")
+    lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    ce = jnp.mean(lse_BxT - jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0])
+    return ce + z_loss * jnp.mean(lse_BxT**2), ce
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 4, 12])
+@pytest.mark.parametrize("z_loss", [0.0, 0.1])
+def test_value_and_grads_equal_autodiff(chunks, z_loss):
+    h, w, targets = _inputs()
+    grad = jax.value_and_grad(lambda h, w: lm_loss(h, w, targets, z_loss, chunks), argnums=(0, 1), has_aux=True)
+    ref_grad = jax.value_and_grad(lambda h, w: _reference(h, w, targets, z_loss), argnums=(0, 1), has_aux=True)
+    (loss, ce), (dh, dw) = jax.jit(grad)(h, w)
+    (ref_loss, ref_ce), (ref_dh, ref_dw) = ref_grad(h, w)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(ce, ref_ce, rtol=1e-5)
+    np.testing.assert_allclose(dh, ref_dh, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-4, atol=1e-6)
+    assert (loss > ce) == (z_loss > 0)
+
+
+def test_cotangent_scales_gradients():
+    h, w, targets = _inputs(1)
+    dh = jax.grad(lambda h: 3.0 * lm_loss(h, w, targets, 0.1, 4)[0])(h)
+    ref_dh = jax.grad(lambda h: 3.0 * _reference(h, w, targets, 0.1)[0])(h)
+    np.testing.assert_allclose(dh, ref_dh, rtol=1e-4, atol=1e-6)
+
+
+def test_ce_gradient_without_z_loss_and_refused_with_it():
+    h, w, targets = _inputs(2)
+    dh = jax.grad(lambda h: lm_loss(h, w, targets, 0.0, 2)[1])(h)
+    np.testing.assert_allclose(dh, jax.grad(lambda h: _reference(h, w, targets, 0.0)[1])(h), rtol=1e-4, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="differentiate `loss`"):
+        jax.grad(lambda h: lm_loss(h, w, targets, 0.1, 2)[1])(h)
+
+
+def test_bf16_hidden_states_keep_float32_weight_gradient():
+    h, w, targets = _inputs(3)
+    (loss, _), (dh, dw) = jax.value_and_grad(lambda h, w: lm_loss(h, w, targets, 0.0, 4), argnums=(0, 1), has_aux=True)(
+        h.astype(jnp.bfloat16), w
+    )
+    assert dh.dtype == jnp.bfloat16 and dw.dtype == jnp.float32 and loss.dtype == jnp.float32
+    (ref_loss, _), (ref_dh, ref_dw) = jax.value_and_grad(
+        lambda h, w: _reference(h, w, targets, 0.0), argnums=(0, 1), has_aux=True
+    )(h, w)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-2)
+    np.testing.assert_allclose(dh.astype(jnp.float32), ref_dh, rtol=0.1, atol=2e-3)
+    np.testing.assert_allclose(dw, ref_dw, rtol=0.1, atol=2e-3)
+
+
+def test_token_losses_per_token():
+    h, w, targets = _inputs(4)
+    ce_BxT, lse_BxT = token_losses(h, w, targets, chunks=3)
+    logits_BxTxV = jnp.einsum("BTD,VD->BTV", h, w, precision="highest")
+    ref_lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    ref_ce_BxT = ref_lse_BxT - jnp.take_along_axis(logits_BxTxV, targets[..., None], axis=-1)[..., 0]
+    assert ce_BxT.shape == (B, T)
+    np.testing.assert_allclose(ce_BxT, ref_ce_BxT, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lse_BxT, ref_lse_BxT, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunks", [0, 5, 2.0])
+def test_chunks_must_divide_the_sequence(chunks):
+    h, w, targets = _inputs()
+    with pytest.raises(ValueError, match=f"train.loss_chunks={chunks!r} must be a positive int that divides"):
+        lm_loss(h, w, targets, 0.0, chunks)
