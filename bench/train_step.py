@@ -6,8 +6,15 @@ Times `--steps` train steps after compilation and warmup on all local devices (m
 time, peak memory, tokens/s and MFU = tokens/s * flops_per_token / (peak FLOP/s * devices). The peak is train.peak_flops,
 else the device table (bf16 dense), else on CPU a 2048^3 float32 matmul timed in this run. On CPU the compute dtype is
 float32 (bf16 matmuls are emulated and slow there); elsewhere the config's. Then it runs the same step (B, T, model,
-AdamW, clipping) in Modalities' own GPT2LLM on PyTorch CPU with --torch_threads threads, through the Modalities venv,
-and prints the ratio. The last line is `tokens_per_s=<x> mfu=<y>`.
+AdamW, clipping) in Modalities' own GPT2LLM through --modalities_python (default: the Modalities venv) on the same
+kind of device: PyTorch CPU with --torch_threads threads, or CUDA with float32 weights under bf16 autocast when the
+compute dtype is bf16 (eager, as Modalities runs by default), and prints the ratio. Steps are queued back to back and
+timed until the last one finishes, on both sides: the training loop also reads metrics a step late, so the device never
+waits for the host between steps.
+The last line is `tokens_per_s=<x> mfu=<y>`.
+
+On a GPU machine whose python has torch but not Modalities, carry the Modalities wheel (see BENCHMARKS.md) and run
+    XLA_PYTHON_CLIENT_PREALLOCATE=false python bench/train_step.py --modalities_python=python3
 """
 
 import json
@@ -22,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxgpt.model import count_params, flops_per_token, measure_matmul_peak, peak_flops
+from jaxgpt.model import attention_implementation, count_params, flops_per_token, measure_matmul_peak, peak_flops
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
 from jaxgpt.train_step import StepConfig, create_train_state, make_train_step
 
@@ -32,9 +39,13 @@ MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
 _CONFIG = config_flags.DEFINE_config_file("config", str(REPO / "configs" / "gpt60m.py"), "config file")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
-_MODALITIES = flags.DEFINE_bool("modalities", True, "also time Modalities' GPT2LLM (PyTorch CPU)")
+_MODALITIES = flags.DEFINE_bool("modalities", True, "also time Modalities' GPT2LLM (PyTorch, same device kind)")
+_MODALITIES_PYTHON = flags.DEFINE_string("modalities_python", str(MODALITIES_PYTHON), "python that imports modalities")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "PyTorch threads for the Modalities run")
 _TORCH_STEPS = flags.DEFINE_integer("torch_steps", 3, "timed Modalities steps")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "also trace 3 steps with jax.profiler into this folder (Perfetto)"
+)
 
 
 def peak_memory_bytes() -> tuple[str, int]:
@@ -44,9 +55,10 @@ def peak_memory_bytes() -> tuple[str, int]:
     return "process max RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_modalities(step_cfg: StepConfig, batch: int) -> dict | None:
-    if not MODALITIES_PYTHON.exists():
-        print(f"modalities: skipped, {MODALITIES_PYTHON} is absent")
+def run_modalities(step_cfg: StepConfig, batch: int, device: str) -> dict | None:
+    python = _MODALITIES_PYTHON.value
+    if "/" in python and not pathlib.Path(python).exists():
+        print(f"modalities: skipped, {python} is absent")
         return None
     o = step_cfg.optim
     spec = {
@@ -54,15 +66,18 @@ def run_modalities(step_cfg: StepConfig, batch: int) -> dict | None:
         "model": {**step_cfg.model.__dict__},
         "batch": batch,
         "steps": _TORCH_STEPS.value,
-        "warmup": 1,
+        "warmup": max(1, _WARMUP.value),
         "threads": _TORCH_THREADS.value,
+        "device": device,
+        # Modalities' BF_16 mixed precision: float32 master weights, bf16 matmuls
+        "autocast": "bfloat16" if device == "cuda" and step_cfg.compute_dtype == "bfloat16" else None,
         "optim": {"lr": o.lr, "b1": o.b1, "b2": o.b2, "eps": o.eps, "weight_decay": o.weight_decay},
     }
     spec["optim"]["clip_norm"] = o.clip_norm if o.clip_norm > 0 else float("inf")
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(spec, f)
         f.flush()
-        cmd = [str(MODALITIES_PYTHON), str(REPO / "tools" / "modalities_gpt2.py"), f.name]
+        cmd = [python, str(REPO / "tools" / "modalities_gpt2.py"), f.name]
         out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         print(f"modalities: failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -83,7 +98,10 @@ def main(argv):
     n_dev = mesh.devices.size
     print(f"backend={backend} devices={n_dev} ({jax.devices()[0].device_kind}) mesh={dict(mesh.shape)}")
     print(f"params={count_params(step_cfg.model):,} batch={G}x{T} grad_accum={step_cfg.grad_accum}")
-    print(f"compute_dtype={step_cfg.compute_dtype} remat={step_cfg.remat}")
+    print(
+        f"compute_dtype={step_cfg.compute_dtype} remat={step_cfg.remat} loss_chunks={step_cfg.loss_chunks}"
+        f" attention={attention_implementation(step_cfg.attention, step_cfg.dtype)}"
+    )
 
     start = time.perf_counter()
     graphdef, state = create_train_state(step_cfg, mesh, seed=0)
@@ -99,15 +117,18 @@ def main(argv):
     for _ in range(_WARMUP.value):
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    times = []
+    start = time.perf_counter()
     for _ in range(_STEPS.value):
-        start = time.perf_counter()
         state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    step_s = float(np.median(times))
+    jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - start) / _STEPS.value
+    if _PROFILE_DIR.value:
+        with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
+            for _ in range(3):
+                state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
     tokens_per_s = G * T / step_s
-    print(f"step_s median={step_s:.3f} min={min(times):.3f} max={max(times):.3f} loss={float(metrics['loss']):.3f}")
+    print(f"step_s={step_s:.4f} (mean of {_STEPS.value} queued steps) loss={float(metrics['loss']):.3f}")
     label, peak_mem = peak_memory_bytes()
     print(f"peak_memory={peak_mem / 2**30:.2f} GiB ({label})")
 
@@ -116,16 +137,20 @@ def main(argv):
     source = "train.peak_flops" if cfg.train.peak_flops else "device table (bf16 dense)"
     if peak is None:
         peak, source = measure_matmul_peak(), "measured 2048^3 float32 jitted matmul"
-    mfu = tokens_per_s * flops_tok / (peak * n_dev)
+    # CPU "devices" are slices of one host whose matmul peak was timed with all its cores: count it once
+    mfu = tokens_per_s * flops_tok / (peak * (1 if backend == "cpu" else n_dev))
     print(f"flops_per_token={flops_tok / 1e6:.1f}M peak={peak / 1e9:.0f} GFLOP/s per device ({source})")
     print(f"model_tflops={tokens_per_s * flops_tok / 1e12:.3f}")
 
-    if _MODALITIES.value and backend == "cpu":
-        ref = run_modalities(step_cfg, G)
+    if _MODALITIES.value and backend in ("cpu", "gpu"):
+        device = "cuda" if backend == "gpu" else "cpu"
+        ref = run_modalities(step_cfg, G, device)
         if ref is not None:
+            how = f"CPU, {_TORCH_THREADS.value} threads" if device == "cpu" else "CUDA, bf16 autocast"
+            mem = f" peak_memory={ref['peak_memory_bytes'] / 2**30:.2f} GiB" if ref.get("peak_memory_bytes") else ""
             print(
-                f"modalities: params={ref['params']:,} step_s={ref['step_s']:.3f} "
-                f"tokens_per_s={ref['tokens_per_s']:.0f} (PyTorch CPU, {_TORCH_THREADS.value} threads, batch {G}x{T})"
+                f"modalities: params={ref['params']:,} step_s={ref['step_s']:.4f} "
+                f"tokens_per_s={ref['tokens_per_s']:.0f} (PyTorch {how}, batch {G}x{T}){mem}"
             )
             print(f"speedup_vs_modalities={tokens_per_s / ref['tokens_per_s']:.2f}x")
     print(f"tokens_per_s={tokens_per_s:.0f} mfu={mfu:.3f}")

@@ -6,9 +6,13 @@ SPEC.json holds {"model": <jaxgpt ModelConfig fields>, "mode": "logits" | "bench
   logits: {"weights": W.npz (jaxgpt flat param paths joined by "."), "tokens": X.npy int [B, T], "out": Y.npy}
           loads the jaxgpt weights (plain mapping: "transformer." + path, kernel -> weight transposed) and writes
           float32 logits [B, T, V].
-  bench:  {"batch": B, "steps": n, "warmup": w, "threads": t, "optim": {lr, b1, b2, eps, weight_decay, clip_norm}}
+  bench:  {"batch": B, "steps": n, "warmup": w, "threads": t, "optim": {lr, b1, b2, eps, weight_decay, clip_norm},
+           "device": "cpu" | "cuda", "autocast": null | "bfloat16"}
           times forward + cross-entropy + backward + clip + AdamW steps on random tokens and prints one JSON line
-          {"params": ..., "step_s": ..., "tokens_per_s": ...}.
+          {"params": ..., "step_s": ..., "tokens_per_s": ..., "peak_memory_bytes": ...}. On CUDA, parameters and
+          AdamW state stay float32 and the forward runs under torch.autocast(bfloat16) when asked: the precision
+          Modalities' FSDP mixed-precision setting BF_16 computes in. Steps are queued back to back and the clock
+          stops after the last one finishes (no per-step host sync), as in a training loop that logs now and then.
 """
 
 import json
@@ -106,32 +110,38 @@ def bench(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     m, o = spec["model"], spec["optim"]
-    model = build(m)
+    device = torch.device(spec.get("device", "cpu"))
+    autocast_dtype = {None: None, "bfloat16": torch.bfloat16}[spec.get("autocast")]
+    model = build(m).to(device)
     decay = [p for n, p in model.named_parameters() if n.endswith(".weight") and (".attn." in n or ".mlp." in n)]
     no_decay = [p for n, p in model.named_parameters() if not any(p is q for q in decay)]
     groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"])
+    fused = {"fused": True} if device.type == "cuda" else {}  # torch's fastest AdamW on GPU
+    optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"], **fused)
     loss_fn = torch.nn.CrossEntropyLoss()
     B, T, V = spec["batch"], m["seq_len"], m["vocab_size"]
-    tokens = torch.randint(0, V, (B, T + 1))
+    tokens = torch.randint(0, V, (B, T + 1), device=device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        out = model(tokens[:, :-1])
-        loss = loss_fn(out.reshape(-1, V), tokens[:, 1:].reshape(-1))
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(tokens[:, :-1])
+            loss = loss_fn(out.reshape(-1, V).float(), tokens[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_norm"])
         optimizer.step()
-        return loss.item()
+        return loss.detach()
 
     for _ in range(spec["warmup"]):
-        step()
+        step().item()
     start = time.perf_counter()
     for _ in range(spec["steps"]):
-        step()
+        loss = step()
+    loss.item()  # waits for the last step
     step_s = (time.perf_counter() - start) / spec["steps"]
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"params": params, "step_s": step_s, "tokens_per_s": B * T / step_s}))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    print(json.dumps({"params": params, "step_s": step_s, "tokens_per_s": B * T / step_s, "peak_memory_bytes": peak}))
 
 
 if __name__ == "__main__":
