@@ -100,7 +100,7 @@ def main(argv):
     print(f"params={count_params(step_cfg.model):,} batch={G}x{T} grad_accum={step_cfg.grad_accum}")
     print(
         f"compute_dtype={step_cfg.compute_dtype} remat={step_cfg.remat} loss_chunks={step_cfg.loss_chunks}"
-        f" attention={attention_implementation(step_cfg.attention, step_cfg.dtype)}"
+        f" attention={attention_implementation(step_cfg.attention, step_cfg.dtype, step_cfg.model.head_dim)}"
     )
 
     start = time.perf_counter()

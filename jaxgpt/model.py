@@ -180,14 +180,29 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def attention_implementation(choice: str, dtype) -> str | None:
-    """jax.nn.dot_product_attention's implementation: "auto" takes cuDNN's fused flash attention on GPU with a 16-bit
-    compute dtype (cuDNN has no float32 kernel) and XLA's otherwise."""
+def attention_implementation(choice: str, dtype, head_dim: int, backend: str | None = None) -> str:
+    """jax.nn.dot_product_attention's implementation for train.attention.
+
+    "auto" takes cuDNN's fused flash attention where it runs: a GPU, a 16-bit compute dtype (it has no float32 kernel),
+    a head dim that is a multiple of 8 and at most 128 (256 on Hopper; 128 is safe everywhere); XLA's otherwise.
+    "cudnn" outside those conditions is an error here rather than deep inside the first trace.
+    """
     if choice not in ATTENTION:
         raise ValueError(f"train.attention={choice!r} must be one of {ATTENTION}")
+    backend = jax.default_backend() if backend is None else backend
+    problems = []
+    if backend != "gpu":
+        problems.append(f"it runs on GPUs only (this is {backend})")
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        problems.append(f"it needs train.compute_dtype='bfloat16' (got {jnp.dtype(dtype).name})")
+    if head_dim % 8 or head_dim > 128:
+        problems.append(
+            f"it needs a head dim (model.n_embd / model.n_head_q) that is a multiple of 8 and <= 128 (got {head_dim})"
+        )
     if choice == "auto":
-        sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        return "cudnn" if jax.default_backend() == "gpu" and sixteen_bit else "xla"
+        return "xla" if problems else "cudnn"
+    if choice == "cudnn" and problems:
+        raise ValueError(f"train.attention='cudnn' cannot run here: {'; '.join(problems)}; use 'auto' or 'xla'")
     return choice
 
 
@@ -309,7 +324,7 @@ class GPT(nnx.Module):
     ):
         if remat not in ("none", *_REMAT_POLICIES):
             raise ValueError(f"train.remat={remat!r} must be one of {('none', *_REMAT_POLICIES)}")
-        attention = attention_implementation(attention, dtype)
+        attention = attention_implementation(attention, dtype, cfg.head_dim)
         self.cfg, self.dtype, self.remat = cfg, dtype, remat
         D = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=cfg.init_std, rngs=rngs)

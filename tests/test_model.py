@@ -220,8 +220,18 @@ def test_query_blocked_attention_equals_one_call(T):
 def test_attention_choice():
     from jaxgpt.model import attention_implementation
 
-    assert attention_implementation("auto", jnp.float32) == "xla"
-    assert attention_implementation("auto", jnp.bfloat16) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
-    assert attention_implementation("cudnn", jnp.bfloat16) == "cudnn"
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    assert attention_implementation("auto", bf16, 64, backend="gpu") == "cudnn"
+    assert attention_implementation("cudnn", bf16, 128, backend="gpu") == "cudnn"
+    assert attention_implementation("auto", f32, 64, backend="gpu") == "xla"  # cuDNN has no float32 kernel
+    assert attention_implementation("auto", bf16, 60, backend="gpu") == "xla"  # head dim not a multiple of 8
+    assert attention_implementation("auto", bf16, 64, backend="cpu") == "xla"
+    assert attention_implementation("xla", bf16, 64, backend="gpu") == "xla"
     with pytest.raises(ValueError, match="train.attention='flash'"):
-        attention_implementation("flash", jnp.bfloat16)
+        attention_implementation("flash", bf16, 64)
+    with pytest.raises(
+        ValueError, match=r"train.attention='cudnn' cannot run here: it runs on GPUs only \(this is cpu\)"
+    ):
+        attention_implementation("cudnn", bf16, 64, backend="cpu")
+    with pytest.raises(ValueError, match=r"compute_dtype='bfloat16' \(got float32\).*head dim .* \(got 200\)"):
+        attention_implementation("cudnn", f32, 200, backend="gpu")
