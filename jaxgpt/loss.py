@@ -1,6 +1,7 @@
 """The vocab projection fused with the cross-entropy, chunked along the sequence, gradients computed in the forward.
 
-Legend: B batch, T sequence, C tokens of T per chunk, D model dim, V vocab.
+Legend: B batch, T sequence, N chunks, C = T / N tokens per chunk, D model dim, V vocab, S batch shards (devices the
+rows are split over), M = B / S rows per shard.
 
 Plain autodiff of `logits = h @ W.T; loss = mean(logsumexp(logits) - logits[target])` keeps float32 logits [B, T, V]
 (824 MB for gpt60m's 8 x 512 x 50304) for the backward pass, reads and writes them several times, and on GPU runs
@@ -15,6 +16,7 @@ device adds up only its own rows and the cross-device reduction happens once aft
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,7 @@ def _from_chunks(x_NxBxC: jax.Array) -> jax.Array:
 
 
 def check_chunks(T: int, chunks: int) -> None:
-    if not isinstance(chunks, int) or chunks < 1 or T % chunks:
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1 or T % chunks:
         raise ValueError(f"train.loss_chunks={chunks!r} must be a positive int that divides data.seq_len={T}")
 
 
@@ -72,7 +74,8 @@ def lm_loss(h_BxTxD: jax.Array, w_VxD: jax.Array, targets_BxT: jax.Array, z_loss
 
     h_BxTxD: final hidden states in the compute dtype; w_VxD: the vocab projection in float32 (cast to h's dtype for
     the matmuls; its gradient comes back in float32). chunks: how many pieces T is cut into (1: one piece).
-    Differentiate `loss`; `ce` is a metric, and differentiating it is refused when z_loss > 0.
+    Differentiate `loss`; `ce` is a metric (return it as has_aux). With z_loss > 0 a cotangent reaching `ce` is refused,
+    also a zero one that a transform made concrete: the gradients kept are those of `loss`.
     """
     ce_BxT, lse_BxT = token_losses(h_BxTxD, w_VxD, targets_BxT, chunks)
     ce = ce_BxT.mean()
@@ -83,11 +86,12 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
     h_BxTxD, w_VxD, targets_BxT = (p.value for p in (h_BxTxD, w_VxD, targets_BxT))
     B, T, D = h_BxTxD.shape
     check_chunks(T, chunks)
-    dtype, scale, S = h_BxTxD.dtype, 1.0 / (B * T), batch_shards()
+    # S divides B under the meshes the step builds; gcd keeps odd direct calls correct (just less local)
+    dtype, scale, S = h_BxTxD.dtype, 1.0 / (B * T), math.gcd(B, batch_shards())
     w_lo_VxD = w_VxD.astype(dtype)
 
     def chunk(carry, xs):
-        dw_SxVxD, ce_sum, lse2_sum = carry
+        dw_SxVxD, ce_B, lse2_B = carry
         h_BxCxD, targets_BxC = xs
         logits_BxCxV, lse_BxC = _chunk_logits(h_BxCxD, w_lo_VxD)
         ce_BxC = lse_BxC - _target_logit(logits_BxCxV, targets_BxC)
@@ -102,16 +106,18 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
         h_SxMxCxD = h_BxCxD.reshape(S, B // S, C, D)
         dw_SxVxD += jnp.einsum("SMCV,SMCD->SVD", dlogits_SxMxCxV, h_SxMxCxD, preferred_element_type=jnp.float32)
         dw_SxVxD = constrain(dw_SxVxD, "batch", "vocab", None)
-        carry = (dw_SxVxD, ce_sum + ce_BxC.sum(), lse2_sum + jnp.sum(lse_BxC**2))
+        # per-row sums: like d W, they stay on their device until the loop ends
+        carry = (dw_SxVxD, ce_B + ce_BxC.sum(-1), lse2_B + jnp.sum(lse_BxC**2, -1))
         return carry, constrain(dh_BxCxD.astype(dtype), "batch", "seq", "act_embed")
 
-    zero = jnp.zeros((), jnp.float32)
-    init = (constrain(jnp.zeros((S, *w_VxD.shape), jnp.float32), "batch", "vocab", None), zero, zero)
+    zeros_B = constrain(jnp.zeros((B,), jnp.float32), "batch")
+    init = (constrain(jnp.zeros((S, *w_VxD.shape), jnp.float32), "batch", "vocab", None), zeros_B, zeros_B)
     xs = (_to_chunks(h_BxTxD, chunks), _to_chunks(targets_BxT, chunks))
-    (dw_SxVxD, ce_sum, lse2_sum), dh_NxBxCxD = jax.lax.scan(chunk, init, xs)
-    ce = ce_sum * scale
-    dw_VxD = dw_SxVxD.sum(0).astype(w_VxD.dtype)  # the one cross-device reduction
-    return (ce + z_loss * lse2_sum * scale, ce), (_from_chunks(dh_NxBxCxD), dw_VxD)
+    (dw_SxVxD, ce_B, lse2_B), dh_NxBxCxD = jax.lax.scan(chunk, init, xs)
+    ce = ce_B.sum() * scale
+    # the one cross-device reduction of d W, into the layout of the parameter
+    dw_VxD = constrain(dw_SxVxD.sum(0).astype(w_VxD.dtype), "vocab", "embed")
+    return (ce + z_loss * lse2_B.sum() * scale, ce), (_from_chunks(dh_NxBxCxD), dw_VxD)
 
 
 def _lm_loss_bwd(z_loss, chunks, residuals, cotangents):

@@ -44,9 +44,7 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
 def batch_shards() -> int:
     """How many ways the mesh in context splits the batch rows (1 outside a mesh)."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    return math.prod(mesh.shape[axis] for axis in _RULES["batch"])
+    return 1 if mesh.empty else data_parallel_size(mesh)
 
 
 def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
@@ -75,6 +73,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, logical_spec("batch", "seq"))
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    """How many ways the batch is split: data x fsdp."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+def data_parallel_size(mesh) -> int:
+    """How many ways the batch is split: the mesh axes of the "batch" rule (data x fsdp); a Mesh or an AbstractMesh."""
+    axes = _RULES["batch"]
+    return math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
