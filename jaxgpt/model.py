@@ -180,12 +180,15 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def attention_implementation(choice: str, dtype, head_dim: int, backend: str | None = None) -> str:
+def attention_implementation(
+    choice: str, dtype, head_dim: int, backend: str | None = None, compute_capability: str | None = None
+) -> str:
     """jax.nn.dot_product_attention's implementation for train.attention.
 
-    "auto" takes cuDNN's fused flash attention where it runs: a GPU, a 16-bit compute dtype (it has no float32 kernel),
-    a head dim that is a multiple of 8 and at most 128 (256 on Hopper; 128 is safe everywhere); XLA's otherwise.
-    "cudnn" outside those conditions is an error here rather than deep inside the first trace.
+    "auto" takes cuDNN's fused flash attention where it runs: an NVIDIA GPU of compute capability >= 8.0 (Ampere),
+    bf16 compute (it has no float32 kernel), a head dim that is a multiple of 8 and at most 128 (256 on Hopper; 128 is
+    safe everywhere); XLA's otherwise. "cudnn" outside those conditions is an error here, not deep inside the first
+    trace. backend and compute_capability default to the first device's.
     """
     if choice not in ATTENTION:
         raise ValueError(f"train.attention={choice!r} must be one of {ATTENTION}")
@@ -193,6 +196,10 @@ def attention_implementation(choice: str, dtype, head_dim: int, backend: str | N
     problems = []
     if backend != "gpu":
         problems.append(f"it runs on GPUs only (this is {backend})")
+    else:
+        capability = compute_capability or getattr(jax.devices()[0], "compute_capability", "0")
+        if tuple(int(x) for x in capability.split(".")) < (8, 0):
+            problems.append(f"it needs a GPU of compute capability >= 8.0 (this one has {capability})")
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         problems.append(f"it needs train.compute_dtype='bfloat16' (got {jnp.dtype(dtype).name})")
     if head_dim % 8 or head_dim > 128:
@@ -206,20 +213,23 @@ def attention_implementation(choice: str, dtype, head_dim: int, backend: str | N
     return choice
 
 
-# XLA's attention (CPU) materialises float32 scores [B, H, T, T] and masks half of them. Cutting the queries into
+# XLA's attention on CPU materialises float32 scores [B, H, T, T] and masks half of them. Cutting the queries into
 # blocks of this many rows and giving each block only the keys up to its end skips most masked scores (5/8 of the
 # work remains at T = 512) and keeps each block's scores in cache: ~1.4x faster forward + backward on CPU at gpt60m.
+# Only on CPU: it was not measured elsewhere, and it unrolls T / 128 attention calls per layer.
 _XLA_QUERY_BLOCK = 128
 
 
 def causal_attention(
-    q_BxTxHxK: jax.Array, k_BxSxNxK: jax.Array, v_BxSxNxK: jax.Array, implementation: str
+    q_BxTxHxK: jax.Array, k_BxTxNxK: jax.Array, v_BxTxNxK: jax.Array, implementation: str
 ) -> jax.Array:
-    """Causal softmax attention through jax.nn.dot_product_attention; N < H kv heads is grouped-query attention."""
+    """Causal softmax attention through jax.nn.dot_product_attention; N < H kv heads is grouped-query attention.
+
+    On the XLA path on CPU, query block [start, end) of C rows attends to the E = end first keys."""
     T = q_BxTxHxK.shape[1]
-    if implementation == "cudnn" or T <= _XLA_QUERY_BLOCK:
+    if implementation == "cudnn" or T <= _XLA_QUERY_BLOCK or jax.default_backend() != "cpu":
         return jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxSxNxK, v_BxSxNxK, is_causal=True, implementation=implementation
+            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, is_causal=True, implementation=implementation
         )
     outputs = []
     for start in range(0, T, _XLA_QUERY_BLOCK):
@@ -228,8 +238,8 @@ def causal_attention(
         allowed_CxE = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
         y_BxCxHxK = jax.nn.dot_product_attention(
             q_BxTxHxK[:, start:end],
-            k_BxSxNxK[:, :end],
-            v_BxSxNxK[:, :end],
+            k_BxTxNxK[:, :end],
+            v_BxTxNxK[:, :end],
             mask=allowed_CxE[None, None],
             implementation=implementation,
         )
@@ -445,6 +455,12 @@ def peak_flops(device) -> float | None:
         if name.lower() in kind.lower():
             return flops
     return None
+
+
+def total_peak_flops(peak_per_device: float, devices: list) -> float:
+    """The peak that MFU divides by: per-device peak x devices, except on CPU, where the (fake) devices are slices of
+    one host whose matmul peak was timed with all its cores, so it counts once."""
+    return peak_per_device * (1 if devices[0].platform == "cpu" else len(devices))
 
 
 def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:

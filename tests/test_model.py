@@ -192,7 +192,7 @@ def test_logits_equal_modalities_gpt2llm(name, tmp_path):
     np.testing.assert_allclose(_logits(model, jnp.asarray(tokens)), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("T", [128, 300, 512])
+@pytest.mark.parametrize("T", [129, 300, 512])
 def test_query_blocked_attention_equals_one_call(T):
     """The XLA path's query blocks (128 rows, keys up to each block's end) == one causal call, values and grads."""
     from jaxgpt.model import causal_attention
@@ -221,12 +221,18 @@ def test_attention_choice():
     from jaxgpt.model import attention_implementation
 
     bf16, f32 = jnp.bfloat16, jnp.float32
-    assert attention_implementation("auto", bf16, 64, backend="gpu") == "cudnn"
-    assert attention_implementation("cudnn", bf16, 128, backend="gpu") == "cudnn"
-    assert attention_implementation("auto", f32, 64, backend="gpu") == "xla"  # cuDNN has no float32 kernel
-    assert attention_implementation("auto", bf16, 60, backend="gpu") == "xla"  # head dim not a multiple of 8
+    assert attention_implementation("auto", bf16, 64, backend="gpu", compute_capability="9.0") == "cudnn"
+    assert attention_implementation("cudnn", bf16, 128, backend="gpu", compute_capability="9.0") == "cudnn"
+    assert (
+        attention_implementation("auto", f32, 64, backend="gpu", compute_capability="9.0") == "xla"
+    )  # cuDNN has no float32 kernel
+    assert (
+        attention_implementation("auto", bf16, 60, backend="gpu", compute_capability="9.0") == "xla"
+    )  # head dim not a multiple of 8
+    assert attention_implementation("auto", bf16, 256, backend="gpu", compute_capability="9.0") == "xla"  # > 128
+    assert attention_implementation("auto", bf16, 64, backend="gpu", compute_capability="7.5") == "xla"  # pre-Ampere
     assert attention_implementation("auto", bf16, 64, backend="cpu") == "xla"
-    assert attention_implementation("xla", bf16, 64, backend="gpu") == "xla"
+    assert attention_implementation("xla", bf16, 64, backend="gpu", compute_capability="9.0") == "xla"
     with pytest.raises(ValueError, match="train.attention='flash'"):
         attention_implementation("flash", bf16, 64)
     with pytest.raises(
@@ -234,4 +240,4 @@ def test_attention_choice():
     ):
         attention_implementation("cudnn", bf16, 64, backend="cpu")
     with pytest.raises(ValueError, match=r"compute_dtype='bfloat16' \(got float32\).*head dim .* \(got 200\)"):
-        attention_implementation("cudnn", f32, 200, backend="gpu")
+        attention_implementation("cudnn", f32, 200, backend="gpu", compute_capability="9.0")
