@@ -29,7 +29,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxgpt.model import attention_implementation, count_params, flops_per_token, measure_matmul_peak, peak_flops
+from jaxgpt.model import (
+    attention_implementation,
+    count_params,
+    flops_per_token,
+    measure_matmul_peak,
+    peak_flops,
+    total_peak_flops,
+)
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
 from jaxgpt.train_step import StepConfig, create_train_state, make_train_step
 
@@ -137,8 +144,7 @@ def main(argv):
     source = "train.peak_flops" if cfg.train.peak_flops else "device table (bf16 dense)"
     if peak is None:
         peak, source = measure_matmul_peak(), "measured 2048^3 float32 jitted matmul"
-    # CPU "devices" are slices of one host whose matmul peak was timed with all its cores: count it once
-    mfu = tokens_per_s * flops_tok / (peak * (1 if backend == "cpu" else n_dev))
+    mfu = tokens_per_s * flops_tok / total_peak_flops(peak, list(mesh.devices.flat))
     print(f"flops_per_token={flops_tok / 1e6:.1f}M peak={peak / 1e9:.0f} GFLOP/s per device ({source})")
     print(f"model_tflops={tokens_per_s * flops_tok / 1e12:.3f}")
 

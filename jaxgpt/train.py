@@ -249,8 +249,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     step_cfg = train_step.StepConfig.from_config(cfg, plan.num_steps)
     num_params = model.count_params(step_cfg.model)
     flops_per_token = model.flops_per_token(step_cfg.model, cfg.data.seq_len)
-    # CPU "devices" are slices of one host whose matmul peak was timed with all its cores: count it once
-    peak_flops = resolve_peak_flops(cfg) * (1 if jax.default_backend() == "cpu" else jax.device_count())
+    peak_flops = model.total_peak_flops(resolve_peak_flops(cfg), jax.devices())
 
     ckpt = checkpoint.Checkpointer(
         checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep
