@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of BENCHMARKS.md: bench/train_step.py on one GPU at micro batch 64, 8 and 128, at 64 and 8 against
-# Modalities' GPT2LLM on the same GPU. (--profile_dir=DIR adds a Perfetto trace of 3 steps.) Run from the repo root where python3 has
-# CUDA jax and torch; packages that python lacks (ml-collections, modalities and its pure-Python needs) may wait as
-# wheels in .whl/ (BENCHMARKS.md lists them). Logs go to $OUT (default bench_out/).
+# Modalities' GPT2LLM on the same GPU. Run from the repo root where python3 has CUDA jax and torch; packages that
+# python lacks (ml-collections, modalities and its pure-Python needs) may wait as wheels in .whl/ (BENCHMARKS.md lists
+# them). Logs go to $OUT (default bench_out/). For a profile: bench/train_step.py --profile_dir=DIR (Perfetto trace).
 set -uo pipefail
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
