@@ -17,6 +17,7 @@ RMSNorm has a weight and no bias (like torch.nn.RMSNorm).
 
 import dataclasses
 import math
+import re
 import time
 
 import jax
@@ -197,8 +198,8 @@ def attention_implementation(
     if backend != "gpu":
         problems.append(f"it runs on GPUs only (this is {backend})")
     else:
-        capability = compute_capability or getattr(jax.devices()[0], "compute_capability", "0")
-        if tuple(int(x) for x in capability.split(".")) < (8, 0):
+        capability = str(compute_capability or getattr(jax.devices()[0], "compute_capability", "0"))
+        if tuple(int(x) for x in re.findall(r"\d+", capability)[:2]) < (8, 0):  # "9.0", also "10.0a" or "12"
             problems.append(f"it needs a GPU of compute capability >= 8.0 (this one has {capability})")
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         problems.append(f"it needs train.compute_dtype='bfloat16' (got {jnp.dtype(dtype).name})")

@@ -231,6 +231,7 @@ def test_attention_choice():
     )  # head dim not a multiple of 8
     assert attention_implementation("auto", bf16, 256, backend="gpu", compute_capability="9.0") == "xla"  # > 128
     assert attention_implementation("auto", bf16, 64, backend="gpu", compute_capability="7.5") == "xla"  # pre-Ampere
+    assert attention_implementation("auto", bf16, 64, backend="gpu", compute_capability="10.0a") == "cudnn"
     assert attention_implementation("auto", bf16, 64, backend="cpu") == "xla"
     assert attention_implementation("xla", bf16, 64, backend="gpu", compute_capability="9.0") == "xla"
     with pytest.raises(ValueError, match="train.attention='flash'"):
