@@ -34,8 +34,8 @@ class StepConfig:
     compute_dtype: str  # "bfloat16" | "float32"
     remat: str  # "none" | "full" | "dots"
     z_loss: float
-    loss_chunks: int = 4  # pieces of T the fused vocab projection + cross-entropy walks through (jaxgpt/loss.py)
-    attention: str = "auto"  # "auto" | "xla" | "cudnn": implementation of jax.nn.dot_product_attention
+    loss_chunks: int  # pieces of T the fused vocab projection + cross-entropy walks through (jaxgpt/loss.py)
+    attention: str  # "auto" | "xla" | "cudnn": implementation of jax.nn.dot_product_attention
 
     def __post_init__(self):
         if not isinstance(self.num_steps, int) or self.num_steps < 1:

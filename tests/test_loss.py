@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxgpt.loss import lm_loss, token_losses
+from jaxgpt.sharding import make_mesh
 
 B, T, D, V = 2, 12, 16, 37
 
@@ -90,8 +91,6 @@ def test_chunks_must_divide_the_sequence(chunks):
 @pytest.mark.parametrize("rows", [2, 12, 16])
 def test_on_an_fsdp8_mesh_equals_autodiff(rows):
     """Inside the step's mesh (8 batch shards), also when 8 does not divide the rows (d W then sums per gcd shard)."""
-    from jaxgpt.sharding import make_mesh
-
     mesh = make_mesh(1, 8, 1)
     k_h, k_w, k_t = jax.random.split(jax.random.key(rows), 3)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -11,7 +11,15 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from jaxgpt.model import GPT, ModelConfig, count_params, flops_per_token, peak_flops
+from jaxgpt.model import (
+    GPT,
+    ModelConfig,
+    attention_implementation,
+    causal_attention,
+    count_params,
+    flops_per_token,
+    peak_flops,
+)
 
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
 
@@ -195,8 +203,6 @@ def test_logits_equal_modalities_gpt2llm(name, tmp_path):
 @pytest.mark.parametrize("T", [129, 300, 512])
 def test_query_blocked_attention_equals_one_call(T):
     """The XLA path's query blocks (128 rows, keys up to each block's end) == one causal call, values and grads."""
-    from jaxgpt.model import causal_attention
-
     B, H, N, K = 2, 4, 2, 8
     k_q, k_k, k_v, k_g = jax.random.split(jax.random.key(0), 4)
     q_BxTxHxK = jax.random.normal(k_q, (B, T, H, K))
@@ -218,8 +224,6 @@ def test_query_blocked_attention_equals_one_call(T):
 
 
 def test_attention_choice():
-    from jaxgpt.model import attention_implementation
-
     bf16, f32 = jnp.bfloat16, jnp.float32
     assert attention_implementation("auto", bf16, 64, backend="gpu", compute_capability="9.0") == "cudnn"
     assert attention_implementation("cudnn", bf16, 128, backend="gpu", compute_capability="9.0") == "cudnn"

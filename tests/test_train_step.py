@@ -33,7 +33,10 @@ MODEL = ModelConfig(
 OPTIM = OptimConfig(
     lr=1e-2, min_lr_ratio=0.1, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-3, weight_decay=0.1, clip_norm=1.0
 )
-STEP = StepConfig(MODEL, OPTIM, num_steps=100, grad_accum=1, compute_dtype="float32", remat="none", z_loss=0.0)
+STEP = StepConfig(
+    MODEL, OPTIM, num_steps=100, grad_accum=1, compute_dtype="float32", remat="none", z_loss=0.0, loss_chunks=4,
+    attention="auto",
+)  # fmt: skip
 
 
 def _mesh(data=1, fsdp=1, tensor=1):
