@@ -6,7 +6,9 @@ its own rows (see `_split_micro`).
 """
 
 import dataclasses
+import functools
 import math
+import warnings
 from typing import Callable
 
 import flax.struct
@@ -150,6 +152,26 @@ def _split_micro(x_GxT: jax.Array, accum: int) -> jax.Array:
     return constrain(x_AxMxT, None, "batch", "seq")
 
 
+# XLA's CPU backend runs matmuls through YNNPACK and by default also pulls the elementwise ops and reductions next
+# to a dot into the same YNNPACK call. Those fused calls ran slower than XLA's own loops, worst for the exp-sum over
+# the logits in the fused loss (2x slower). "Individual dots" keeps YNNPACK for the matmuls alone. gpt60m float32 step
+# on the 2-core dev box, A/B in one process: 23.9 -> 21.4 s (see BENCHMARKS.md).
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def compiler_options() -> dict | None:
+    """XLA compile options for the jitted steps on the default backend; None keeps XLA's defaults (GPU, TPU)."""
+    if jax.default_backend() != "cpu":
+        return None
+    try:  # the option is experimental: an XLA without it must not stop training, only slow it down
+        jax.jit(lambda x: x @ x, compiler_options=_CPU_COMPILER_OPTIONS).lower(jnp.ones((8, 8))).compile()
+    except jax.errors.JaxRuntimeError as e:
+        warnings.warn(f"XLA rejected the CPU compile options {_CPU_COMPILER_OPTIONS}, keeping its defaults: {e}")
+        return None
+    return dict(_CPU_COMPILER_OPTIONS)
+
+
 def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """(state, {"inputs", "targets": int32[G, T]}) -> (new state, {"loss", "grad_norm", "lr"}); donates the state."""
     tx = make_optimizer(cfg.optim, cfg.num_steps)
@@ -194,7 +216,13 @@ def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, di
     batch_sh = {"inputs": batch_sharding(mesh), "targets": batch_sharding(mesh)}
     scalar = jax.sharding.NamedSharding(mesh, logical_spec())
     metrics_sh = {"loss": scalar, "grad_norm": scalar, "lr": scalar}
-    return jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metrics_sh), donate_argnums=0)
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, metrics_sh),
+        donate_argnums=0,
+        compiler_options=compiler_options(),
+    )
 
 
 def make_eval_step(cfg: StepConfig, graphdef, mesh) -> Callable[[nnx.State, dict], dict]:
@@ -213,4 +241,6 @@ def make_eval_step(cfg: StepConfig, graphdef, mesh) -> Callable[[nnx.State, dict
     scalar = jax.sharding.NamedSharding(mesh, logical_spec())
     batch_sh = {"inputs": tokens, "targets": tokens, "mask": tokens}
     out_sh = {"loss_sum": scalar, "num_tokens": scalar}
-    return jax.jit(eval_step, in_shardings=(params_sh, batch_sh), out_shardings=out_sh)
+    return jax.jit(
+        eval_step, in_shardings=(params_sh, batch_sh), out_shardings=out_sh, compiler_options=compiler_options()
+    )

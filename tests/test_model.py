@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 
 import jax
@@ -13,6 +14,7 @@ from flax import nnx
 from conftest import REPO
 from jaxgpt.model import (
     GPT,
+    Linear,
     ModelConfig,
     attention_implementation,
     causal_attention,
@@ -246,3 +248,23 @@ def test_attention_choice():
         attention_implementation("cudnn", bf16, 64, backend="cpu")
     with pytest.raises(ValueError, match=r"compute_dtype='bfloat16' \(got float32\).*head dim .* \(got 200\)"):
         attention_implementation("cudnn", f32, 200, backend="gpu", compute_capability="9.0")
+
+
+def test_linear_gradients_need_no_transposed_copies():
+    """A Linear on [B, T, I] is one 2-D matmul, so on CPU its kernel gradient x^T @ dy reads x and dy as they lie.
+    The 3-D einsum it replaced made XLA copy activations into a transposed layout first (an HLO transpose)."""
+    from jaxgpt.train_step import compiler_options
+
+    linear = Linear(32, 48, ("embed", "mlp"), use_bias=True, std=0.02, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(linear)
+    x_BxTxI = jax.random.normal(jax.random.key(1), (4, 64, 32))
+
+    def f(params, x_BxTxI):
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(jnp.tanh(x_BxTxI))))
+
+    grad = jax.jit(jax.grad(f, argnums=(0, 1)), compiler_options=compiler_options())
+    text = grad.lower(params, x_BxTxI).compile().as_text()
+    assert not re.findall(r"= \S+ transpose\(", text)
+    # and it is the same map as the einsum
+    y_ref = jnp.einsum("BTI,IO->BTO", x_BxTxI, linear.kernel[...]) + linear.bias[...]
+    np.testing.assert_allclose(linear(x_BxTxI), y_ref, rtol=1e-6, atol=1e-6)

@@ -13,10 +13,12 @@ import pytest
 from jaxgpt.model import ModelConfig
 from jaxgpt.optim import OptimConfig, decay_mask, lr_schedule
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
+from jaxgpt import train_step
 from jaxgpt.train_step import (
     StepConfig,
     _split_micro,
     abstract_train_state,
+    compiler_options,
     create_train_state,
     make_eval_step,
     make_train_step,
@@ -279,3 +281,32 @@ def test_the_loss_chunk_loop_holds_no_collective():
             r" (all-reduce|reduce-scatter|all-gather|all-to-all|collective-permute)(?:-start)?\(", computations[body]
         )
         assert not found, f"{found} inside the loss chunk loop {body}"
+
+
+def test_cpu_step_gives_ynnpack_single_dots_only():
+    """On CPU the step compiles with compiler_options(): each YNNPACK call is one matmul, and the reductions and
+    exps around it (the loss's exp-sum over the vocab) stay in XLA's own loops, which ran them 2x faster."""
+    assert compiler_options() == train_step._CPU_COMPILER_OPTIONS
+    mesh = _mesh()
+    graphdef, state = create_train_state(STEP, mesh, seed=0)
+    batch = _batch(mesh)
+    text = make_train_step(STEP, graphdef, mesh).lower(state, {k: batch[k] for k in ("inputs", "targets")})
+    text = text.compile().as_text()
+    computations = {
+        m.group(1): m.group(0) for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(?:.*\n)*?\}", text, re.MULTILINE)
+    }
+    ynn = [re.search(r"calls=%([\w.\-]+)", line).group(1) for line in text.splitlines() if "__ynn_fusion" in line]
+    assert ynn, "no YNNPACK fusion in the CPU step: XLA changed how it runs matmuls, update this test"
+    for name in ynn:
+        ops = re.findall(r"= \S+ ([a-z\-]+)\(", computations[name])
+        assert [op for op in ops if op not in ("parameter", "bitcast")] == ["dot"], f"{name}: {ops}"
+
+
+def test_compile_options_an_xla_rejects_fall_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(train_step, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    compiler_options.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="xla_cpu_no_such_option"):
+            assert compiler_options() is None
+    finally:
+        compiler_options.cache_clear()
