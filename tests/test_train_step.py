@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgpt import train_step
 from jaxgpt.model import ModelConfig
 from jaxgpt.optim import OptimConfig, decay_mask, lr_schedule
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
-from jaxgpt import train_step
 from jaxgpt.train_step import (
     StepConfig,
     _split_micro,
