@@ -1,7 +1,7 @@
 """The vocab projection fused with the cross-entropy, chunked along the sequence, gradients computed in the forward.
 
 Legend: B batch, T sequence, N chunks, C = T / N tokens per chunk, D model dim, V vocab, S batch shards (devices the
-rows are split over), M = B / S rows per shard.
+rows are split over), R = B C / S token rows of one batch shard.
 
 Plain autodiff of `logits = h @ W.T; loss = mean(logsumexp(logits) - logits[target])` keeps float32 logits [B, T, V]
 (824 MB for gpt60m's 8 x 512 x 50304) for the backward pass, reads and writes them several times, and on GPU runs
@@ -102,9 +102,11 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
         dlogits_BxCxV = constrain(dlogits_BxCxV.astype(dtype), "batch", "seq", "vocab")
         dh_BxCxD = jnp.einsum("BCV,VD->BCD", dlogits_BxCxV, w_lo_VxD, preferred_element_type=jnp.float32)
         C, V = dlogits_BxCxV.shape[1:]
-        dlogits_SxMxCxV = dlogits_BxCxV.reshape(S, B // S, C, V)  # M = B / S rows of one batch shard
-        h_SxMxCxD = h_BxCxD.reshape(S, B // S, C, D)
-        dw_SxVxD += jnp.einsum("SMCV,SMCD->SVD", dlogits_SxMxCxV, h_SxMxCxD, preferred_element_type=jnp.float32)
+        # one flat row axis to sum over: summing over (rows, positions) made XLA's CPU backend copy the token
+        # gradients into a transposed [V, rows] layout first, every chunk
+        dlogits_SxRxV = dlogits_BxCxV.reshape(S, B // S * C, V)
+        h_SxRxD = h_BxCxD.reshape(S, B // S * C, D)
+        dw_SxVxD += jnp.einsum("SRV,SRD->SVD", dlogits_SxRxV, h_SxRxD, preferred_element_type=jnp.float32)
         dw_SxVxD = constrain(dw_SxVxD, "batch", "vocab", None)
         # per-row sums: like d W, they stay on their device until the loop ends
         carry = (dw_SxVxD, ce_B + ce_BxC.sum(-1), lse2_B + jnp.sum(lse_BxC**2, -1))
