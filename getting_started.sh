@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The getting-started flow on the bundled RedPajama samples, from a fresh clone:
 #   JSONL -> .idx -> .pbin (both splits) -> train gpt60m -> evaluate -> Orbax checkpoint in runs/gpt60m_steps$STEPS.
-# On a 2-core CPU the full epoch takes over an hour, so by default training stops after $STEPS steps (about 12 minutes
+# On a 2-core CPU the full epoch takes about an hour, so by default training stops after $STEPS steps (about 10 minutes
 # there). On a GPU machine run it with STEPS=0 for the full epoch. Running it again resumes from the checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -154,22 +154,28 @@ def _split_micro(x_GxT: jax.Array, accum: int) -> jax.Array:
 
 # XLA's CPU backend runs matmuls through YNNPACK and by default also pulls the elementwise ops and reductions next
 # to a dot into the same YNNPACK call. Those fused calls ran slower than XLA's own loops, worst for the exp-sum over
-# the logits in the fused loss (2x slower). "Individual dots" keeps YNNPACK for the matmuls alone. gpt60m float32 step
-# on the 2-core dev box, A/B in one process: 23.9 -> 21.4 s (see BENCHMARKS.md).
+# the logits in the fused loss (~1.7x slower). "Individual dots" keeps YNNPACK for the matmuls alone. gpt60m float32
+# step on the 2-core dev box, A/B in one process: 23.9 -> 21.4 s (see BENCHMARKS.md).
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 @functools.cache
-def compiler_options() -> dict | None:
-    """XLA compile options for the jitted steps on the default backend; None keeps XLA's defaults (GPU, TPU)."""
-    if jax.default_backend() != "cpu":
+def compiler_options(platform: str) -> dict | None:
+    """XLA compile options for steps on devices of this platform; None keeps XLA's defaults (GPU, TPU)."""
+    if platform != "cpu":
         return None
+    cpu = jax.devices("cpu")[0]
     try:  # the option is experimental: an XLA without it must not stop training, only slow it down
-        jax.jit(lambda x: x @ x, compiler_options=_CPU_COMPILER_OPTIONS).lower(jnp.ones((8, 8))).compile()
+        probe = jax.jit(lambda x: x @ x, compiler_options=_CPU_COMPILER_OPTIONS)
+        probe.lower(jax.device_put(jnp.ones((8, 8)), cpu)).compile()
     except jax.errors.JaxRuntimeError as e:
         warnings.warn(f"XLA rejected the CPU compile options {_CPU_COMPILER_OPTIONS}, keeping its defaults: {e}")
         return None
     return dict(_CPU_COMPILER_OPTIONS)
+
+
+def _platform(mesh) -> str:
+    return mesh.devices.flat[0].platform
 
 
 def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -221,7 +227,7 @@ def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, di
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, metrics_sh),
         donate_argnums=0,
-        compiler_options=compiler_options(),
+        compiler_options=compiler_options(_platform(mesh)),
     )
 
 
@@ -242,5 +248,8 @@ def make_eval_step(cfg: StepConfig, graphdef, mesh) -> Callable[[nnx.State, dict
     batch_sh = {"inputs": tokens, "targets": tokens, "mask": tokens}
     out_sh = {"loss_sum": scalar, "num_tokens": scalar}
     return jax.jit(
-        eval_step, in_shardings=(params_sh, batch_sh), out_shardings=out_sh, compiler_options=compiler_options()
+        eval_step,
+        in_shardings=(params_sh, batch_sh),
+        out_shardings=out_sh,
+        compiler_options=compiler_options(_platform(mesh)),
     )

@@ -123,7 +123,7 @@ def test_no_vocab_sized_transpose_on_cpu():
 
     h, w, targets = _inputs()
     loss_grad = jax.grad(lambda h, w: lm_loss(h, w, targets, 0.0, 3)[0], argnums=(0, 1))
-    grad = jax.jit(loss_grad, compiler_options=compiler_options())
+    grad = jax.jit(loss_grad, compiler_options=compiler_options("cpu"))
     text = grad.lower(h, w).compile().as_text()
     transposes = re.findall(r"= (\S+) transpose\(", text)
     assert not [shape for shape in transposes if str(V) in shape], transposes

@@ -284,9 +284,10 @@ def test_the_loss_chunk_loop_holds_no_collective():
 
 
 def test_cpu_step_gives_ynnpack_single_dots_only():
-    """On CPU the step compiles with compiler_options(): each YNNPACK call is one matmul, and the reductions and
+    """On CPU the step compiles with compiler_options("cpu"): each YNNPACK call is one matmul, and the reductions and
     exps around it (the loss's exp-sum over the vocab) stay in XLA's own loops, which ran them 2x faster."""
-    assert compiler_options() == train_step._CPU_COMPILER_OPTIONS
+    assert compiler_options("cpu") == train_step._CPU_COMPILER_OPTIONS
+    assert compiler_options("gpu") is None
     mesh = _mesh()
     graphdef, state = create_train_state(STEP, mesh, seed=0)
     batch = _batch(mesh)
@@ -307,6 +308,6 @@ def test_compile_options_an_xla_rejects_fall_back_with_a_warning(monkeypatch):
     compiler_options.cache_clear()
     try:
         with pytest.warns(UserWarning, match="xla_cpu_no_such_option"):
-            assert compiler_options() is None
+            assert compiler_options("cpu") is None
     finally:
         compiler_options.cache_clear()
