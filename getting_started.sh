@@ -33,7 +33,7 @@ if [ "$(.venv/bin/python -c 'import jax; print(jax.default_backend())')" = cpu ]
   flags+=(--config.train.compute_dtype=float32)
   # XLA on CPU allocates its large buffers afresh every step; glibc's malloc then maps them in 4 KiB pages that the
   # kernel faults in and zeroes one by one (~8 s of system time per gpt60m step here). Transparent huge pages for
-  # malloc cut it to less than half: steps ~15% faster (BENCHMARKS.md). glibc reads it at process start: set here.
+  # malloc cut it to less than half: steps 5-15% faster (BENCHMARKS.md). glibc reads it at process start: set here.
   export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
 fi
 .venv/bin/python -m jaxgpt.train --config=configs/gpt60m.py --workdir="$WORKDIR" "${flags[@]}"

@@ -9,6 +9,7 @@ import pytest
 
 from jaxgpt.loss import lm_loss, token_losses
 from jaxgpt.sharding import make_mesh
+from jaxgpt.train_step import compiler_options
 
 B, T, D, V = 2, 12, 16, 37
 
@@ -119,8 +120,6 @@ def test_no_vocab_sized_transpose_on_cpu():
     """d W sums over one flat row axis per batch shard, so XLA's CPU backend reads the [rows, V] token gradients as
     they lie; summing over (rows, positions) made it copy each chunk's gradients into a transposed [V, rows] layout
     first (206 MB per chunk at gpt60m)."""
-    from jaxgpt.train_step import compiler_options
-
     h, w, targets = _inputs()
     loss_grad = jax.grad(lambda h, w: lm_loss(h, w, targets, 0.0, 3)[0], argnums=(0, 1))
     grad = jax.jit(loss_grad, compiler_options=compiler_options("cpu"))

@@ -22,6 +22,7 @@ from jaxgpt.model import (
     flops_per_token,
     peak_flops,
 )
+from jaxgpt.train_step import compiler_options
 
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
 
@@ -253,8 +254,6 @@ def test_attention_choice():
 def test_linear_gradients_need_no_transposed_copies():
     """A Linear on [B, T, I] is one 2-D matmul, so on CPU its kernel gradient x^T @ dy reads x and dy as they lie.
     The 3-D einsum it replaced made XLA copy activations into a transposed layout first (an HLO transpose)."""
-    from jaxgpt.train_step import compiler_options
-
     linear = Linear(32, 48, ("embed", "mlp"), use_bias=True, std=0.02, dtype=jnp.float32, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(linear)
     x_BxTxI = jax.random.normal(jax.random.key(1), (4, 64, 32))
