@@ -6,10 +6,19 @@ rows are split over), R = B C / S token rows of one batch shard.
 Plain autodiff of `logits = h @ W.T; loss = mean(logsumexp(logits) - logits[target])` keeps float32 logits [B, T, V]
 (824 MB for gpt60m's 8 x 512 x 50304) for the backward pass, reads and writes them several times, and on GPU runs
 the two backward matmuls on float32 cotangents. Here, chunk by chunk along T, one lax.scan computes the logits, the
-log-partition and, since the loss is a plain mean over tokens, each token's gradient d loss / d logits =
-(softmax * (1 + 2 z lse) - onehot) / (B T) right away; the two gradient matmuls (d h and d W) consume it while the
-chunk is still in cache. The backward pass only scales those gradients by the incoming cotangent. FLOPs are the
-same as autodiff's (2VD forward, 4VD backward per token); no logits are recomputed, none outlive their chunk.
+log-partition and, since the loss is a plain mean over tokens, the gradients right away; the two gradient matmuls (d h
+and d W) consume them while the chunk is still in cache. The backward pass only scales those gradients by the incoming
+cotangent. FLOPs are the same as autodiff's (2VD forward, 4VD backward per token); no logits are recomputed, none
+outlive their chunk.
+
+After the logits matmul, two passes read each float32 chunk: its row max, then one pass that both sums the exps and
+writes them, in the compute dtype, as the gradient matmuls' operand. That works because d loss / d logit_v =
+scale * (f exp_v / sum - [v = target]), f = 1 + 2 z lse, is exp_v times a per-row factor off the target, and a per-row
+factor commutes with both matmuls (it scales d h's rows after, and h's rows before, the d W matmul). The target's own
+entry, where f p - 1 cancels when p is near 1, is zeroed in that operand and added in float32 (d W: a scatter of one row
+per token). Writing the normalised gradient instead needs lse first, so a third pass: against that, gpt60m's batch-64
+step on an H200 went 37.6 -> 36.3 ms (BENCHMARKS.md), and with bf16 hidden states d W lands closer to float64, since
+its target rows no longer go through bf16.
 
 Across chunks, d W is summed per batch shard ([S, V, D], S = the data x fsdp devices the rows are split over), so each
 device adds up only its own rows and the cross-device reduction happens once after the last chunk, not once per chunk.
@@ -43,11 +52,10 @@ def check_chunks(T: int, chunks: int) -> None:
         raise ValueError(f"train.loss_chunks={chunks!r} must be a positive int that divides data.seq_len={T}")
 
 
-def _chunk_logits(h_BxCxD: jax.Array, w_VxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """float32 logits [B, C, V] and their log-partition lse [B, C]."""
+def _logits(h_BxCxD: jax.Array, w_VxD: jax.Array) -> jax.Array:
+    """float32 logits [B, C, V]."""
     logits_BxCxV = jnp.einsum("BCD,VD->BCV", h_BxCxD, w_VxD, preferred_element_type=jnp.float32)
-    logits_BxCxV = constrain(logits_BxCxV, "batch", "seq", "vocab")
-    return logits_BxCxV, jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    return constrain(logits_BxCxV, "batch", "seq", "vocab")
 
 
 def _target_logit(logits_BxCxV: jax.Array, targets_BxC: jax.Array) -> jax.Array:
@@ -61,7 +69,8 @@ def token_losses(h_BxTxD: jax.Array, w_VxD: jax.Array, targets_BxT: jax.Array, c
 
     def chunk(_, xs):
         h_BxCxD, targets_BxC = xs
-        logits_BxCxV, lse_BxC = _chunk_logits(h_BxCxD, w_VxD)
+        logits_BxCxV = _logits(h_BxCxD, w_VxD)
+        lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
         return None, (lse_BxC - _target_logit(logits_BxCxV, targets_BxC), lse_BxC)
 
     _, (ce_NxBxC, lse_NxBxC) = jax.lax.scan(chunk, None, (_to_chunks(h_BxTxD, chunks), _to_chunks(targets_BxT, chunks)))
@@ -88,28 +97,42 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
     check_chunks(T, chunks)
     # S divides B under the meshes the step builds; gcd keeps odd direct calls correct (just less local)
     dtype, scale, S = h_BxTxD.dtype, 1.0 / (B * T), math.gcd(B, batch_shards())
-    w_lo_VxD = w_VxD.astype(dtype)
+    # whole along D, split along V as the logits are: the target rows' lookup below is then local to each V shard, and
+    # with tied embeddings this is the layout the token lookup gathers too, so one FSDP all-gather of W serves both
+    w_lo_VxD = constrain(w_VxD.astype(dtype), "vocab", None)
 
     def chunk(carry, xs):
         dw_SxVxD, ce_B, lse2_B = carry
         h_BxCxD, targets_BxC = xs
-        logits_BxCxV, lse_BxC = _chunk_logits(h_BxCxD, w_lo_VxD)
-        ce_BxC = lse_BxC - _target_logit(logits_BxCxV, targets_BxC)
-        # d loss / d logits per token; the exp, the compare and the scale fuse into one pass over the chunk
-        probs_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
-        onehot_BxCxV = targets_BxC[..., None] == jnp.arange(logits_BxCxV.shape[-1], dtype=targets_BxC.dtype)
-        dlogits_BxCxV = (probs_BxCxV * (1.0 + 2.0 * z_loss * lse_BxC)[..., None] - onehot_BxCxV) * scale
-        dlogits_BxCxV = constrain(dlogits_BxCxV.astype(dtype), "batch", "seq", "vocab")
-        dh_BxCxD = jnp.einsum("BCV,VD->BCD", dlogits_BxCxV, w_lo_VxD, preferred_element_type=jnp.float32)
-        C, V = dlogits_BxCxV.shape[1:]
+        logits_BxCxV = _logits(h_BxCxD, w_lo_VxD)
+        max_BxC = logits_BxCxV.max(-1)
+        exp_BxCxV = jnp.exp(logits_BxCxV - max_BxC[..., None])
+        sum_BxC = exp_BxCxV.sum(-1)
+        lse_BxC = max_BxC + jnp.log(sum_BxC)
+        target_logit_BxC = _target_logit(logits_BxCxV, targets_BxC)
+        # d loss / d logit_v = factor * exp_v off the target (module docstring): the pass that sums the exps also
+        # writes them, target zeroed, as the gradient matmuls' operand; the target entry stays in float32
+        is_target_BxCxV = targets_BxC[..., None] == jnp.arange(logits_BxCxV.shape[-1], dtype=targets_BxC.dtype)
+        rest_BxCxV = constrain(jnp.where(is_target_BxCxV, 0.0, exp_BxCxV).astype(dtype), "batch", "seq", "vocab")
+        factor_BxC = scale * (1.0 + 2.0 * z_loss * lse_BxC) / sum_BxC
+        dtarget_BxC = factor_BxC * jnp.exp(target_logit_BxC - max_BxC) - scale
+        dh_BxCxD = jnp.einsum("BCV,VD->BCD", rest_BxCxV, w_lo_VxD, preferred_element_type=jnp.float32)
+        w_target_BxCxD = constrain(w_lo_VxD[targets_BxC], "batch", "seq", "act_embed")
+        dh_BxCxD = dh_BxCxD * factor_BxC[..., None] + dtarget_BxC[..., None] * w_target_BxCxD
+        C, V = rest_BxCxV.shape[1:]
+        R = B // S * C
         # one flat row axis to sum over: summing over (rows, positions) made XLA's CPU backend copy the token
         # gradients into a transposed [V, rows] layout first, every chunk
-        dlogits_SxRxV = dlogits_BxCxV.reshape(S, B // S * C, V)
-        h_SxRxD = h_BxCxD.reshape(S, B // S * C, D)
-        dw_SxVxD += jnp.einsum("SRV,SRD->SVD", dlogits_SxRxV, h_SxRxD, preferred_element_type=jnp.float32)
+        rest_SxRxV = rest_BxCxV.reshape(S, R, V)
+        h_row_SxRxD = (h_BxCxD * factor_BxC[..., None]).astype(dtype).reshape(S, R, D)
+        dw_SxVxD += jnp.einsum("SRV,SRD->SVD", rest_SxRxV, h_row_SxRxD, preferred_element_type=jnp.float32)
+        # the target entries: each shard adds its rows' d target * h into its own d W rows
+        h_target_SxRxD = (dtarget_BxC[..., None] * h_BxCxD).reshape(S, R, D)
+        add_rows = jax.vmap(lambda dw_VxD, rows_R, h_RxD: dw_VxD.at[rows_R].add(h_RxD))
+        dw_SxVxD = add_rows(dw_SxVxD, targets_BxC.reshape(S, R), h_target_SxRxD)
         dw_SxVxD = constrain(dw_SxVxD, "batch", "vocab", None)
         # per-row sums: like d W, they stay on their device until the loop ends
-        carry = (dw_SxVxD, ce_B + ce_BxC.sum(-1), lse2_B + jnp.sum(lse_BxC**2, -1))
+        carry = (dw_SxVxD, ce_B + (lse_BxC - target_logit_BxC).sum(-1), lse2_B + jnp.sum(lse_BxC**2, -1))
         return carry, constrain(dh_BxCxD.astype(dtype), "batch", "seq", "act_embed")
 
     zeros_B = constrain(jnp.zeros((B,), jnp.float32), "batch")
