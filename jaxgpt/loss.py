@@ -52,10 +52,10 @@ def check_chunks(T: int, chunks: int) -> None:
         raise ValueError(f"train.loss_chunks={chunks!r} must be a positive int that divides data.seq_len={T}")
 
 
-def _logits(h_BxCxD: jax.Array, w_VxD: jax.Array) -> jax.Array:
-    """float32 logits [B, C, V]."""
-    logits_BxCxV = jnp.einsum("BCD,VD->BCV", h_BxCxD, w_VxD, preferred_element_type=jnp.float32)
-    return constrain(logits_BxCxV, "batch", "seq", "vocab")
+def vocab_logits(h_BxTxD: jax.Array, w_VxD: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] of hidden states against the vocab projection (both in the compute dtype)."""
+    logits_BxTxV = jnp.einsum("BTD,VD->BTV", h_BxTxD, w_VxD, preferred_element_type=jnp.float32)
+    return constrain(logits_BxTxV, "batch", "seq", "vocab")
 
 
 def _target_logit(logits_BxCxV: jax.Array, targets_BxC: jax.Array) -> jax.Array:
@@ -69,7 +69,7 @@ def token_losses(h_BxTxD: jax.Array, w_VxD: jax.Array, targets_BxT: jax.Array, c
 
     def chunk(_, xs):
         h_BxCxD, targets_BxC = xs
-        logits_BxCxV = _logits(h_BxCxD, w_VxD)
+        logits_BxCxV = vocab_logits(h_BxCxD, w_VxD)
         lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
         return None, (lse_BxC - _target_logit(logits_BxCxV, targets_BxC), lse_BxC)
 
@@ -104,7 +104,7 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
     def chunk(carry, xs):
         dw_SxVxD, ce_B, lse2_B = carry
         h_BxCxD, targets_BxC = xs
-        logits_BxCxV = _logits(h_BxCxD, w_lo_VxD)
+        logits_BxCxV = vocab_logits(h_BxCxD, w_lo_VxD)
         max_BxC = logits_BxCxV.max(-1)
         exp_BxCxV = jnp.exp(logits_BxCxV - max_BxC[..., None])
         sum_BxC = exp_BxCxV.sum(-1)

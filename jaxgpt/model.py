@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxgpt.loss import vocab_logits
 from jaxgpt.sharding import constrain
 
 ATTENTION = ("auto", "xla", "cudnn")
@@ -388,9 +389,7 @@ class GPT(nnx.Module):
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
         """Hidden states -> float32 logits [B, T, V]."""
-        w_VxD = self.head_weight().astype(self.dtype)
-        logits_BxTxV = jnp.einsum("BTD,VD->BTV", h_BxTxD, w_VxD, preferred_element_type=jnp.float32)
-        return constrain(logits_BxTxV, "batch", "seq", "vocab")
+        return vocab_logits(h_BxTxD, self.head_weight().astype(self.dtype))
 
     def head_weight(self) -> jax.Array:
         """The vocab projection [V, D] in float32: wte when tied, else lm_head."""
