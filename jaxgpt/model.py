@@ -203,7 +203,7 @@ def attention_implementation(
     if backend != "gpu":
         problems.append(f"it runs on GPUs only (this is {backend})")
     else:
-        capability = str(compute_capability or getattr(jax.devices()[0], "compute_capability", "0"))
+        capability = str(compute_capability or getattr(jax.devices(backend)[0], "compute_capability", "0"))
         if tuple(int(x) for x in re.findall(r"\d+", capability)[:2]) < (8, 0):  # "9.0", also "10.0a" or "12"
             problems.append(f"it needs a GPU of compute capability >= 8.0 (this one has {capability})")
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
@@ -226,20 +226,30 @@ def attention_implementation(
 _XLA_QUERY_BLOCK = 128
 
 
+def query_block(implementation: str, platform: str) -> int | None:
+    """Rows per query block of `causal_attention` on devices of this platform (None: one call)."""
+    return _XLA_QUERY_BLOCK if implementation == "xla" and platform == "cpu" else None
+
+
 def causal_attention(
-    q_BxTxHxK: jax.Array, k_BxTxNxK: jax.Array, v_BxTxNxK: jax.Array, implementation: str
+    q_BxTxHxK: jax.Array,
+    k_BxTxNxK: jax.Array,
+    v_BxTxNxK: jax.Array,
+    implementation: str,
+    block: int | None = None,
 ) -> jax.Array:
     """Causal softmax attention through jax.nn.dot_product_attention; N < H kv heads is grouped-query attention.
 
-    On the XLA path on CPU, query block [start, end) of C rows attends to the E = end first keys."""
+    With `block` (the XLA path on CPU, see `query_block`), query block [start, end) of C rows attends to the E = end
+    first keys."""
     T = q_BxTxHxK.shape[1]
-    if implementation == "cudnn" or T <= _XLA_QUERY_BLOCK or jax.default_backend() != "cpu":
+    if block is None or T <= block:
         return jax.nn.dot_product_attention(
             q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, is_causal=True, implementation=implementation
         )
     outputs = []
-    for start in range(0, T, _XLA_QUERY_BLOCK):
-        end = min(start + _XLA_QUERY_BLOCK, T)
+    for start in range(0, T, block):
+        end = min(start + block, T)
         # query row start + i sees keys 0 .. start + i
         allowed_CxE = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
         y_BxCxHxK = jax.nn.dot_product_attention(
@@ -254,7 +264,7 @@ def causal_attention(
 
 
 class CausalSelfAttention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, attention: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, attention: str, block: int | None, rngs: nnx.Rngs):
         D, H, N, K = cfg.n_embd, cfg.n_head_q, cfg.n_head_kv, cfg.head_dim
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
         self.q_attn = Linear(D, H * K, ("embed", "heads"), use_bias=cfg.use_bias, std=std, dtype=dtype, rngs=rngs)
@@ -264,7 +274,7 @@ class CausalSelfAttention(nnx.Module):
         self.q_norm = Norm(K, cfg.norm, cfg.norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = Norm(K, cfg.norm, cfg.norm_eps, dtype) if cfg.qk_norm else None
         self.n_head_q, self.n_head_kv, self.head_dim = H, N, K
-        self.implementation = attention
+        self.implementation, self.block = attention, block
 
     def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         B, T, _ = x_BxTxD.shape
@@ -281,7 +291,7 @@ class CausalSelfAttention(nnx.Module):
         k_BxTxNxK = constrain(k_BxTxNxK, "batch", "seq", "kv_heads", None)
         v_BxTxNxK = constrain(v_BxTxNxK, "batch", "seq", "kv_heads", None)
         # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
-        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation)
+        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation, self.block)
         return self.c_proj(y_BxTxHxK.reshape(B, T, H * K))  # [B, T, H, K] -> [B, T, H*K]
 
 
@@ -312,9 +322,9 @@ class GeluMLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, attention: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, attention: str, block: int | None, rngs: nnx.Rngs):
         self.attention_norm = Norm(cfg.n_embd, cfg.norm, cfg.norm_eps, dtype)
-        self.attn = CausalSelfAttention(cfg, dtype=dtype, attention=attention, rngs=rngs)
+        self.attn = CausalSelfAttention(cfg, dtype=dtype, attention=attention, block=block, rngs=rngs)
         self.ffn_norm = Norm(cfg.n_embd, cfg.norm, cfg.norm_eps, dtype)
         self.mlp = SwiGLU(cfg, dtype=dtype, rngs=rngs) if cfg.mlp == "swiglu" else GeluMLP(cfg, dtype=dtype, rngs=rngs)
         self.rate = cfg.dropout
@@ -333,21 +343,35 @@ _REMAT_POLICIES = {
 
 
 class GPT(nnx.Module):
-    """Decoder-only transformer; tokens [B, T] -> float32 logits [B, T, V]."""
+    """Decoder-only transformer; tokens [B, T] -> float32 logits [B, T, V].
+
+    platform: that of the devices it will run on ("cpu", "gpu"; default: JAX's default backend); it picks the
+    attention kernel."""
 
     def __init__(
-        self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none", attention: str = "auto"
+        self,
+        cfg: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat: str = "none",
+        attention: str = "auto",
+        platform: str | None = None,
     ):
         if remat not in ("none", *_REMAT_POLICIES):
             raise ValueError(f"train.remat={remat!r} must be one of {('none', *_REMAT_POLICIES)}")
-        attention = attention_implementation(attention, dtype, cfg.head_dim)
+        platform = jax.default_backend() if platform is None else platform
+        attention = attention_implementation(attention, dtype, cfg.head_dim, backend=platform)
+        block = query_block(attention, platform)
         self.cfg, self.dtype, self.remat = cfg, dtype, remat
         D = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=cfg.init_std, rngs=rngs)
         # One assignment each: NNX fixes an attribute as data (a submodule) or static (None) when first set.
         learned, untied, std = cfg.pos_emb == "learned", not cfg.tie_embeddings, cfg.init_std
         self.wpe = Embedding(cfg.seq_len, D, ("norm", "embed"), std=std, rngs=rngs) if learned else None
-        self.h = nnx.List([Block(cfg, dtype=dtype, attention=attention, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.h = nnx.List(
+            [Block(cfg, dtype=dtype, attention=attention, block=block, rngs=rngs) for _ in range(cfg.n_layer)]
+        )
         self.lm_head_norm = Norm(D, cfg.norm, cfg.norm_eps, dtype)
         self.lm_head = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=std, rngs=rngs) if untied else None
 

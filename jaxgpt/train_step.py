@@ -82,15 +82,19 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array  # uint32[2] raw PRNG key for dropout; each step folds in `step`
 
 
-def _model(cfg: StepConfig, rngs: nnx.Rngs) -> GPT:
-    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention)
+def _model(cfg: StepConfig, rngs: nnx.Rngs, platform: str) -> GPT:
+    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention, platform=platform)
 
 
-def _init(cfg: StepConfig, seed: int) -> TrainState:
-    model = _model(cfg, nnx.Rngs(params=seed))
+def _init(cfg: StepConfig, seed: int, platform: str) -> TrainState:
+    model = _model(cfg, nnx.Rngs(params=seed), platform)
     params = nnx.state(model, nnx.Param)
     opt_state = make_optimizer(cfg.optim, cfg.num_steps).init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=jax.random.PRNGKey(seed))
+
+
+def _platform(mesh) -> str:
+    return mesh.devices.flat[0].platform
 
 
 def _state_shardings(abstract_state, mesh):
@@ -102,8 +106,8 @@ def _state_shardings(abstract_state, mesh):
 
 def abstract_train_state(cfg: StepConfig, mesh) -> tuple[nnx.GraphDef, TrainState]:
     """The state's structure as jax.ShapeDtypeStruct leaves carrying their sharding on `mesh`; allocates nothing."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: _model(cfg, nnx.Rngs(params=0))))
-    shapes = jax.eval_shape(lambda: _init(cfg, 0))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: _model(cfg, nnx.Rngs(params=0), _platform(mesh))))
+    shapes = jax.eval_shape(lambda: _init(cfg, 0, _platform(mesh)))
     shardings = _state_shardings(shapes, mesh)
     jax.tree.map_with_path(_check_divisible, shapes, shardings)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
@@ -128,7 +132,7 @@ def create_train_state(cfg: StepConfig, mesh, seed: int) -> tuple[nnx.GraphDef, 
     """Fresh state, initialised directly into its shards (never whole on one device)."""
     graphdef, abstract = abstract_train_state(cfg, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    state = jax.jit(lambda: _init(cfg, seed), out_shardings=shardings)()
+    state = jax.jit(lambda: _init(cfg, seed, _platform(mesh)), out_shardings=shardings)()
     return graphdef, state
 
 
@@ -172,10 +176,6 @@ def compiler_options(platform: str) -> dict | None:
         warnings.warn(f"XLA rejected the CPU compile options {_CPU_COMPILER_OPTIONS}, keeping its defaults: {e}")
         return None
     return dict(_CPU_COMPILER_OPTIONS)
-
-
-def _platform(mesh) -> str:
-    return mesh.devices.flat[0].platform
 
 
 def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:

@@ -18,6 +18,7 @@ from jaxgpt.model import (
     ModelConfig,
     attention_implementation,
     causal_attention,
+    query_block,
     count_params,
     flops_per_token,
     peak_flops,
@@ -214,7 +215,7 @@ def test_query_blocked_attention_equals_one_call(T):
     probe_BxTxHxK = jax.random.normal(k_g, (B, T, H, K))
 
     def blocked(q, k, v):
-        return jnp.sum(causal_attention(q, k, v, "xla") * probe_BxTxHxK)
+        return jnp.sum(causal_attention(q, k, v, "xla", block=128) * probe_BxTxHxK)
 
     def whole(q, k, v):
         return jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True) * probe_BxTxHxK)
@@ -241,6 +242,9 @@ def test_attention_choice():
     assert attention_implementation("auto", bf16, 64, backend="gpu", compute_capability="10.0a") == "cudnn"
     assert attention_implementation("auto", bf16, 64, backend="cpu") == "xla"
     assert attention_implementation("xla", bf16, 64, backend="gpu", compute_capability="9.0") == "xla"
+    assert (
+        query_block("xla", "cpu") == 128 and query_block("xla", "gpu") is None and query_block("cudnn", "gpu") is None
+    )
     with pytest.raises(ValueError, match="train.attention='flash'"):
         attention_implementation("flash", bf16, 64)
     with pytest.raises(

@@ -117,6 +117,14 @@ def test_state_is_created_sharded_and_matches_abstract():
     assert model.h[0].attn.q_attn.kernel.shape == (32, 32)
 
 
+def test_the_model_takes_its_attention_from_the_mesh_platform(monkeypatch):
+    """A CPU mesh gets the CPU attention (query blocks) also in a process whose default backend is a GPU."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    graphdef, abstract = abstract_train_state(STEP, _mesh())
+    attn = merge_model(graphdef, abstract.params).h[0].attn
+    assert (attn.implementation, attn.block) == ("xla", 128)
+
+
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_equals_no_remat(remat):
     mesh = _mesh()
