@@ -48,7 +48,8 @@ class OptimConfig:
 
 
 def warmup_steps(cfg: OptimConfig, num_steps: int) -> int:
-    """optim.warmup_steps, capped at 10% of a shorter run."""
+    """optim.warmup_steps, but at most 10% of the run (num_steps // 10): a short run (a smoke test, the 24-step
+    getting-started run) must not spend itself warming up. train.py prints the value used."""
     return min(cfg.warmup_steps, num_steps // 10)
 
 
@@ -71,7 +72,10 @@ def lr_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-    """True for linear kernels and an untied lm_head (Modalities' grouping); no decay on wte, wpe, norms, biases."""
+    """True for linear kernels and an untied lm_head; no decay on wte, wpe, norms (qk-norms too) or biases.
+
+    Modalities' "linear" group differs: it decays everything under .attn and .mlp, biases and qk-norms included.
+    Here no bias or norm parameter decays, whichever module holds it."""
 
     def decays(path, _leaf) -> bool:
         names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]

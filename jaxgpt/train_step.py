@@ -110,6 +110,7 @@ def abstract_train_state(cfg: StepConfig, mesh) -> tuple[nnx.GraphDef, TrainStat
     shapes = jax.eval_shape(lambda: _init(cfg, 0, _platform(mesh)))
     shardings = _state_shardings(shapes, mesh)
     jax.tree.map_with_path(_check_divisible, shapes, shardings)
+    _check_heads(cfg.model, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return graphdef, abstract
 
@@ -126,6 +127,15 @@ def _check_divisible(path, leaf: jax.ShapeDtypeStruct, sharding: jax.sharding.Na
                 f" dim {dim}, which {mesh_sizes} does not divide; pick mesh sizes that divide the model's heads, widths"
                 " and vocab"
             )
+
+
+def _check_heads(model: ModelConfig, mesh) -> None:
+    """q/k/v activations are split by head: a head count the tensor axis does not divide passes the weight check
+    (H * K may still divide) but makes GSPMD replicate q, k and v in every layer, silently."""
+    tensor = mesh.shape["tensor"]
+    for key, heads in (("model.n_head_q", model.n_head_q), ("model.n_head_kv", model.n_head_kv)):
+        if heads % tensor:
+            raise ValueError(f"{key}={heads} is not divisible by mesh.tensor={tensor}, which splits attention heads")
 
 
 def create_train_state(cfg: StepConfig, mesh, seed: int) -> tuple[nnx.GraphDef, TrainState]:

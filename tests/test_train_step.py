@@ -270,6 +270,12 @@ def test_a_mesh_axis_that_does_not_divide_a_weight_is_a_clear_error():
         abstract_train_state(STEP, _mesh(tensor=3))
 
 
+def test_a_head_count_the_tensor_axis_does_not_divide_is_a_clear_error():
+    # 2 kv heads x 8 = 16 kv columns: 4 tensor shards split the weights evenly, but not the heads
+    with pytest.raises(ValueError, match=r"model\.n_head_kv=2 is not divisible by mesh\.tensor=4"):
+        abstract_train_state(STEP, _mesh(tensor=4))
+
+
 def test_the_loss_chunk_loop_holds_no_collective():
     """fsdp=8, 4 loss chunks: the chunk loop of jaxgpt/loss.py keeps d W and the loss sums per device, so nothing
     crosses devices inside it and the V x D gradient is reduced once per micro batch, as without chunks."""
