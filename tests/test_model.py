@@ -65,25 +65,30 @@ def test_logits_shape_and_dtype():
     np.testing.assert_allclose(bf16_logits, logits, atol=0.05)
 
 
-def test_bf16_embedding_gradients_are_summed_in_float32():
-    """A token seen hundreds of times in a batch: its row of wte's gradient sums all of them. With bf16 compute that
-    sum must still be float32's: 0.3% off (summed in bf16 it was 14% off)."""
+def test_bf16_gradients_stay_close_to_float32():
+    """bf16 compute, float32 params: every parameter's gradient within 2% of float32's (relative L2 error).
+    Zipf tokens: one token appears over 1,000 times, so its row of wte's gradient sums over 1,000 rows. That sum was
+    14% off when autodiff added them up in bf16; in float32 (model.lookup) it is 0.3% off, like the rest."""
     cfg = dataclasses.replace(SMALL, n_embd=64, n_head_kv=4, tie_embeddings=False, seq_len=512)
     zipf_BxT = np.minimum(np.random.default_rng(0).zipf(1.3, (8, 513)) - 1, 255).astype(np.int32)
     assert np.bincount(zipf_BxT.ravel()).max() > 1000
     inputs_BxT, targets_BxT = jnp.asarray(zipf_BxT[:, :-1]), jnp.asarray(zipf_BxT[:, 1:])
 
-    def wte_grad(dtype):
+    def grads(dtype):
         graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0), dtype=dtype), nnx.Param)
 
         def loss(params):
             model = nnx.merge(graphdef, params)
             return lm_loss(model.hidden(inputs_BxT), model.head_weight(), targets_BxT, 0.0, 4)[0]
 
-        return np.asarray(jax.jit(jax.grad(loss))(params)["wte"]["weight"][...], np.float64)
+        flat = jax.tree_util.tree_flatten_with_path(jax.jit(jax.grad(loss))(params))[0]
+        return {jax.tree_util.keystr(path, simple=True, separator="."): np.asarray(g, np.float64) for path, g in flat}
 
-    want, got = wte_grad(jnp.float32), wte_grad(jnp.bfloat16)
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
+    want, got = grads(jnp.float32), grads(jnp.bfloat16)
+    errors = {k: np.linalg.norm(got[k] - want[k]) / np.linalg.norm(want[k]) for k in want}
+    assert "wte.weight.value" in errors, sorted(errors)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 2e-2, f"{worst}: {errors[worst]:.2e}"
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
