@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.train_path = "data/packed/redpajama_v2_samples_512_train.pbin"  # one .pbin, or several joined by ","
     d.val_path = "data/packed/redpajama_v2_samples_512_test.pbin"  # validation .pbin(s); "" disables evaluation
     d.seq_len = 512  # tokens per training sequence S (windows hold S + 1 tokens)
-    d.seed = 0  # shuffle seed; the order is a pure function of (seed, step)
+    d.seed = 0  # shuffle seed; the batch order is a pure function of (seed, global batch, window count, step)
     d.prefetch = 2  # global batches prepared ahead of the device
 
     c.train = t = ml_collections.ConfigDict()
@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.micro_batch_size = 8  # sequences per data-parallel replica per micro batch
     t.grad_accum = 1  # micro batches accumulated per optimizer step (lax.scan inside the step)
     t.log_every = 10  # steps between train metric lines
-    t.eval_every = 100  # steps between full validation passes (also one at the end)
+    t.eval_every = 100  # steps between evaluations (also one at the end); train.eval_steps sizes each
     t.eval_batch_size = 0  # sequences per evaluation batch (all hosts); 0: micro_batch_size * data-parallel size
     t.eval_steps = 0  # batches per evaluation; 0: a full pass over the validation split (CPU quick runs cap it)
     t.seed = 0  # model init and dropout seed
@@ -55,11 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = o = ml_collections.ConfigDict()
     o.lr = 3e-4  # peak learning rate after warmup
     o.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio at the last step
-    o.warmup_steps = 100  # linear warmup from 0 (capped at 10% of the run when the run is shorter)
+    o.warmup_steps = 100  # lr rises linearly to `lr` at step W (lr * s / W at the s-th step); at most 10% of the run
     o.b1 = 0.9  # AdamW beta1
     o.b2 = 0.95  # AdamW beta2
     o.eps = 1e-8  # AdamW epsilon
-    o.weight_decay = 0.1  # decoupled weight decay; never on embeddings, norms or biases
+    o.weight_decay = 0.1  # decoupled, on linear kernels and an untied lm_head; not on wte, wpe, norms or biases
     o.clip_norm = 1.0  # global gradient-norm clip (0 disables)
 
     c.mesh = ms = ml_collections.ConfigDict()

@@ -4,8 +4,9 @@ A checkpoint is one Orbax composite step directory with five items:
     params     the model's float32 parameters (nnx.State)
     opt_state  the optimizer state
     train      {"step", "rng"}: the step counter and the dropout base key
-    data       JSON: where the data stream stands ({"step", "seed", "global_batch_size", ...}); the batch order is a pure
-               function of (seed, step), so the step alone is the exact data position
+    data       JSON: where the data stream stands ({"step", "global_batch_size", "num_windows", ...}); the batch order is a
+               pure function of (data.seed, global batch size, window count, step), so with the first three
+               unchanged the step alone is the exact data position
     config     JSON: the resolved run config, so `load()` can rebuild the model without the config file
 
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed at any moment
@@ -39,6 +40,9 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"checkpoint.keep={keep} must be >= 1")
         self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            # Orbax would only fail at the first save, after a step of training.
+            raise CheckpointError(f"{self.directory}: is a file, not a checkpoints directory")
         self.every = every
         # We decide when to save (every `every` steps, at the end, on a stop signal) and always pass force=True:
         # Orbax's own policy would also save the very first step.
@@ -47,6 +51,9 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def should_save(self, step: int) -> bool:
         return step % self.every == 0
@@ -65,14 +72,11 @@ class Checkpointer:
 
     def restore(self, abstract_state: train_step.TrainState, step: int | None = None) -> train_step.TrainState:
         """Restores the state onto the shardings that `abstract_state` carries."""
-        step = self._resolve(step)
-        restored = self._manager.restore(
+        restored = self._restore(
             step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
-                opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-                train=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
-            ),
+            params=ocp.args.StandardRestore(abstract_state.params),
+            opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+            train=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
         )
         return train_step.TrainState(
             step=restored.train["step"],
@@ -84,16 +88,25 @@ class Checkpointer:
     def restore_json(self, step: int | None = None) -> tuple[dict, dict]:
         """(config, data position) of a checkpoint: cheap, so a resume can be checked before any array is read."""
         step = self._resolve(step)
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
-        )
+        restored = self._restore(step, config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
+        if not isinstance(restored.config, dict) or not isinstance(restored.data, dict):
+            raise CheckpointError(
+                f"{self.directory}/{step}: not a jaxgpt checkpoint (config or data is not a JSON object)"
+            )
         return restored.config, restored.data
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+        return self._restore(step, params=ocp.args.StandardRestore(abstract_params)).params
+
+    def _restore(self, step: int | None, **items) -> Any:
+        """Orbax's restore of `items`; a step directory that is damaged or foreign is a CheckpointError naming it."""
         step = self._resolve(step)
-        return self._manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-        ).params
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (KeyError, ValueError, OSError) as e:  # a missing item, a tree that does not match, a missing file
+            raise CheckpointError(
+                f"{self.directory}/{step}: not a complete jaxgpt checkpoint of this model ({type(e).__name__}: {e})"
+            ) from e
 
     def _resolve(self, step: int | None) -> int:
         steps = self._manager.all_steps()

@@ -1,8 +1,12 @@
 """The training loop end to end on the tiny config and the bundled RedPajama .pbin files (8 fake CPU devices)."""
 
 import glob
+import itertools
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TEST_DATA
-from jaxgpt import checkpoint, train
+from jaxgpt import checkpoint, pbin, train
 from jaxgpt.pbin import PackedDataError
 
 TRAIN_PBIN = str(TEST_DATA / "redpajama_v2_samples_512_train.pbin")
@@ -52,6 +56,15 @@ def train_losses(workdir):
     return {e["step"]: e["loss"] for e in read_metrics(workdir) if e["event"] == "train"}
 
 
+def losses_in_order(workdir):
+    """(event, step, loss) of every metrics.jsonl line: what a resumed run must reproduce exactly, evals included."""
+    return [(e["event"], e["step"], e.get("loss", e.get("eval_loss"))) for e in read_metrics(workdir)]
+
+
+def checkpoint_steps(workdir):
+    return checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=1, keep=9).all_steps()
+
+
 def final_params(workdir):
     model, _ = checkpoint.load(workdir)
     from flax import nnx
@@ -75,11 +88,12 @@ def straight_run(tmp_path_factory):
     return workdir
 
 
-def test_loss_decreases(tmp_path):
+def test_loss_decreases(tmp_path, capsys):
     workdir = str(tmp_path)
     train.run(tiny_config(**{"train.num_steps": 40, "train.eval_every": 40, "optim.warmup_steps": 5}), workdir)
     losses = [train_losses(workdir)[s] for s in range(1, 41)]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
+    assert "warmup: 4 steps (optim.warmup_steps=5, capped at 10% of the 40-step run)" in capsys.readouterr().out
 
 
 def test_metrics_and_config_files(straight_run):
@@ -113,19 +127,133 @@ def test_resume_is_exact(straight_run, tmp_path):
     assert_trees_equal(final_params(workdir), final_params(straight_run))
 
 
-def test_resume_refuses_other_settings(straight_run, tmp_path):
+def test_resume_refuses_other_settings(tmp_path):
     workdir = str(tmp_path)
-    train.run(tiny_config(), workdir, stop_after=2)
+    two_files = f"{TRAIN_PBIN},{VAL_PBIN}"
+    train.run(tiny_config(**{"data.train_path": two_files}), workdir, stop_after=2)
     with open(os.path.join(workdir, "config.json")) as f:
         recorded = f.read()
-    with pytest.raises(checkpoint.CheckpointError, match="seed: checkpoint 0 vs now 1"):
-        train.run(tiny_config(**{"data.seed": 1}), workdir)
-    with pytest.raises(checkpoint.CheckpointError, match="num_steps: checkpoint 6 vs now 12"):
-        train.run(tiny_config(**{"train.num_steps": 12}), workdir)
-    with pytest.raises(checkpoint.CheckpointError, match="model.n_layer: checkpoint 2 vs now 3"):
-        train.run(tiny_config(**{"model.n_layer": 3}), workdir)
+    names = [f"{os.path.basename(p)} ({os.path.getsize(p)} bytes)" for p in (TRAIN_PBIN, VAL_PBIN)]
+    refused = [  # (overrides, every difference the error must list, and only those)
+        ({"data.seed": 1}, "data.seed: checkpoint 0 vs now 1"),
+        ({"train.num_steps": 12}, "num_steps: checkpoint 6 vs now 12; train.num_steps: checkpoint 6 vs now 12"),
+        ({"model.n_layer": 3}, "model.n_layer: checkpoint 2 vs now 3"),
+        ({"optim.lr": 2e-3}, "optim.lr: checkpoint 0.001 vs now 0.002"),
+        ({"optim.clip_norm": 0.0}, "optim.clip_norm: checkpoint 1.0 vs now 0.0"),  # another optimizer-state tree
+        ({"train.z_loss": 1e-4}, "train.z_loss: checkpoint 0.0 vs now 0.0001"),
+        # The same global batch of 8, as 2 micro batches of 4 rows instead of 1 of 8 (on 4 x 2 devices).
+        ({"train.grad_accum": 2, "mesh.fsdp": 4, "mesh.tensor": 2}, "train.grad_accum: checkpoint 1 vs now 2"),
+        # The same window count, another order of the data.
+        ({"data.train_path": f"{VAL_PBIN},{TRAIN_PBIN}"}, f"train_files: checkpoint {names!r} vs now {names[::-1]!r}"),
+    ]
+    for overrides, diffs in refused:
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"exactly ({diffs}).")):
+            train.run(tiny_config(**{"data.train_path": two_files, **overrides}), workdir)
     with open(os.path.join(workdir, "config.json")) as f:
-        assert f.read() == recorded  # a refused resume leaves the record of the real run alone
+        assert f.read() == recorded  # a refused resume leaves the record of the run that made the checkpoints alone
+
+
+def test_resume_accepts_another_mesh_cadence_and_data_location(straight_run, tmp_path):
+    workdir, elsewhere = str(tmp_path / "run"), tmp_path / "copied"
+    train.run(tiny_config(), workdir, stop_after=2)
+    elsewhere.mkdir()
+    shutil.copy(TRAIN_PBIN, elsewhere)  # the same file in another directory is the same data
+    moved = {"data.train_path": str(elsewhere / os.path.basename(TRAIN_PBIN)), "mesh.data": 2, "mesh.fsdp": 4}
+    train.run(tiny_config(**moved, **{"train.log_every": 2, "checkpoint.every": 5, "data.prefetch": 0}), workdir)
+    a, b = train_losses(workdir), train_losses(straight_run)
+    assert sorted(a) == [1, 2, 4, 6]  # the new cadence from step 3 on
+    np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
+    assert checkpoint_steps(workdir) == [2, 5, 6]
+
+
+def test_a_stop_signal_at_the_last_step_leaves_its_eval_to_the_resume(straight_run, tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    agreed, calls = train.StopSignal.agreed, itertools.count(1)
+
+    def sigterm_during_the_last_step(self):
+        if next(calls) == STEPS:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the run's handler, as a scheduler's SIGTERM would be
+        return agreed(self)
+
+    monkeypatch.setattr(train.StopSignal, "agreed", sigterm_during_the_last_step)
+    train.run(tiny_config(), workdir)
+    assert [e["step"] for e in read_metrics(workdir) if e["event"] == "eval"] == [3]  # saved, not evaluated
+    assert checkpoint_steps(workdir)[-1] == STEPS
+    monkeypatch.undo()
+    train.run(tiny_config(), workdir)  # resumes at the last step: only the eval is left to do
+    assert losses_in_order(workdir) == losses_in_order(straight_run)
+
+
+def test_a_failed_eval_keeps_the_checkpoint_of_its_step_and_the_resume_redoes_it(straight_run, tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+
+    def failing_evaluate(*args, **kwargs):
+        raise OSError("validation disk gone")
+
+    monkeypatch.setattr(train, "evaluate", failing_evaluate)
+    with pytest.raises(OSError, match="validation disk gone"):
+        train.run(tiny_config(**{"checkpoint.every": 3}), workdir)  # step 3 saves and evaluates
+    assert checkpoint_steps(workdir) == [3]
+    monkeypatch.undo()
+    train.run(tiny_config(), workdir)
+    assert losses_in_order(workdir) == losses_in_order(straight_run)
+
+
+def test_bad_validation_ids_fail_before_step_1(tmp_path):
+    bad, workdir = str(tmp_path / "bad_val.pbin"), str(tmp_path / "run")
+    shutil.copy(VAL_PBIN, bad)
+    data_len, width, _ = pbin.read_header(bad)
+    tokens = np.memmap(bad, pbin.WIDTH_DTYPES[width], mode="r+", offset=pbin.HEADER_BYTES, shape=(data_len // width,))
+    seq_len = tiny_config().data.seq_len
+    last_window = (len(tokens) - 1) // seq_len - 1  # far past the 2 batches an eval reads here
+    tokens[last_window * seq_len + 1] = 60000
+    tokens.flush()
+    del tokens
+    with pytest.raises(PackedDataError, match=rf"bad_val.pbin: window {last_window} holds token id 60000 >= model"):
+        train.run(tiny_config(**{"data.val_path": bad}), workdir)
+    assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(
+    "overrides, stop_after, message",
+    [
+        ({"train.eval_batch_size": -8}, None, "train.eval_batch_size=-8 must be >= 0"),
+        ({"data.prefetch": -1}, None, "data.prefetch=-1 must be >= 0"),
+        ({"wandb.mode": "bogus"}, None, "wandb.mode='bogus' must be"),
+        ({}, 0, "--stop_after=0 must be >= 1"),
+    ],
+)
+def test_bad_settings_fail_before_anything_is_written(tmp_path, overrides, stop_after, message):
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.run(tiny_config(**overrides), workdir, stop_after=stop_after)
+    assert not os.path.exists(workdir)
+
+
+def test_a_file_in_the_way_of_the_workdir_or_its_checkpoints_is_named(tmp_path):
+    (tmp_path / "file").write_text("not a run")
+    with pytest.raises(ValueError, match=f"--workdir={tmp_path / 'file'}: cannot be used as the run directory"):
+        train.run(tiny_config(), str(tmp_path / "file"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{tmp_path / 'run' / 'checkpoints'}: is a file"):
+        train.run(tiny_config(), str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("damage", ["no_params", "no_data", "foreign_step"])
+def test_a_damaged_checkpoint_is_a_checkpoint_error_naming_it(straight_run, tmp_path, damage):
+    workdir, step = str(tmp_path), STEPS
+    shutil.copytree(f"{checkpoint.checkpoint_dir(straight_run)}/{STEPS}", f"{tmp_path}/checkpoints/{STEPS}")
+    if damage == "foreign_step":  # a step directory some other tool left
+        step = STEPS + 3
+        os.makedirs(f"{tmp_path}/checkpoints/{step}/foo")
+    else:
+        shutil.rmtree(f"{tmp_path}/checkpoints/{STEPS}/{damage.removeprefix('no_')}")
+    expected = re.escape(f"{checkpoint.checkpoint_dir(workdir)}/{step}: not a complete jaxgpt checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match=expected):
+        train.run(tiny_config(), workdir)
+    with pytest.raises(checkpoint.CheckpointError, match=expected):
+        checkpoint.load(workdir)
 
 
 def test_token_ids_beyond_the_vocab_are_a_data_error(tmp_path):
@@ -133,7 +261,8 @@ def test_token_ids_beyond_the_vocab_are_a_data_error(tmp_path):
         PackedDataError,
         match=r"redpajama_v2_samples_512_train.pbin: window \d+ holds token id \d+ >= model.vocab_size=1000",
     ):
-        train.run(tiny_config(**{"model.vocab_size": 1000}), str(tmp_path))
+        # Without validation files, which are read whole before step 1: training batches are checked as they are read.
+        train.run(tiny_config(**{"model.vocab_size": 1000, "data.val_path": ""}), str(tmp_path))
 
 
 def test_restore_onto_another_mesh(tmp_path):
@@ -198,7 +327,7 @@ def _wait_for_checkpoint(proc, workdir, timeout=300):
 
 def test_sigterm_saves_and_exits_cleanly_then_kill9_resumes_exactly(straight_run, tmp_path):
     workdir = str(tmp_path)
-    # Slow the run down with a large log and 1-step checkpoints so that the signals land mid-run.
+    # A 200-step run that saves every step, so that the signal lands mid-run, after the first checkpoint.
     proc = subprocess.Popen(
         _cli(workdir, "--config.checkpoint.every=1", "--config.train.num_steps=200"),
         cwd=REPO,
@@ -252,18 +381,39 @@ def test_cli_override_and_unknown_key(tmp_path):
     assert not os.path.exists(tmp_path / "bad" / "checkpoints")
 
 
-def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize("nan_at", [None, 5], ids=["lr_1e30_diverges", "nan_loss_at_step_5"])
+def test_nonfinite_loss_stops_naming_the_newest_checkpoint_known_good(tmp_path, monkeypatch, nan_at):
+    """Step k's loss is that of the checkpoint of step k - 1: only a checkpoint whose next step was finite is good."""
     workdir = str(tmp_path)
-    cfg = tiny_config(**{"optim.lr": 1e30, "optim.warmup_steps": 0, "optim.clip_norm": 0.0, "train.num_steps": 20})
-    with pytest.raises(train.TrainingStopped, match=r"step \d+: loss=.* is not finite"):
-        train.run(cfg, workdir)
-    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), every=1, keep=9)
-    good = ckpt.latest_step()
-    if good is not None:  # any checkpoint kept must be a finite one
-        model, _ = checkpoint.load(workdir)
-        from flax import nnx
+    overrides = {"checkpoint.every": 1, "train.num_steps": 20}
+    if nan_at is None:  # a real divergence: the parameters after step 1 (saved) already give NaN
+        overrides |= {"optim.lr": 1e30, "optim.warmup_steps": 0, "optim.clip_norm": 0.0}
+    else:  # finite training with a NaN loss reported at step `nan_at`, so that older checkpoints are good
+        make_train_step = train.train_step.make_train_step
 
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        def make_step_with_a_nan(*args, **kwargs):
+            step_fn = make_train_step(*args, **kwargs)
+
+            def step(state, batch):
+                state, metrics = step_fn(state, batch)
+                return state, (metrics | {"loss": np.float32("nan")} if int(state.step) == nan_at else metrics)
+
+            return step
+
+        monkeypatch.setattr(train.train_step, "make_train_step", make_step_with_a_nan)
+    with pytest.raises(train.TrainingStopped, match=r"step \d+: loss=nan .* is not finite") as stopped:
+        train.run(tiny_config(**overrides), workdir)
+    message = str(stopped.value)
+    stopped_at = int(re.match(r"step (\d+)", message)[1])
+    losses = train_losses(workdir)  # steps before stopped_at, all finite
+    assert sorted(losses) == list(range(1, stopped_at)) and all(math.isfinite(v) for v in losses.values())
+    saved = checkpoint_steps(workdir)
+    assert saved and max(saved) == stopped_at - 1  # the state that gave the non-finite loss was saved ...
+    good = [s for s in saved if s + 1 in losses]  # ... but only a checkpoint whose next step was finite is good
+    if nan_at is None:
+        assert good == [] and message.endswith("no checkpoint is known good.")
+    else:
+        assert good and f"is step {max(good)} in {checkpoint.checkpoint_dir(workdir)}." in message
 
 
 def test_wandb_offline_run_holds_the_metrics(tmp_path):
