@@ -15,9 +15,12 @@ Where jaxgpt diverges from Modalities on purpose:
   `path:line: reason` and writes nothing, or with `skip_faulty_lines` skips exactly those lines and reports them.
 - Modalities maps an unknown EOD token to the unknown-token id (for GPT-2 that is <|endoftext|> itself), silently;
   jaxgpt refuses it.
-- The index refuses invalid UTF-8 (Modalities indexes it and its packer later drops the line, see above).
+- The index refuses surrogates encoded as UTF-8 bytes (b"\\xed\\xa0\\x80"): Modalities' index lets them through
+  (json.loads decodes bytes with "surrogatepass") and its packer later drops the line (see above). Other invalid
+  UTF-8 both indexes refuse alike.
 - Outputs are written to a temporary file and renamed when complete, so `override` keeps the old file until the new
-  one is whole, and a crash or Ctrl-C leaves nothing partial. (Modalities' merge offsets: see `pbin.merge_pbin`.)
+  one is whole, and a crash, Ctrl-C or SIGTERM leaves nothing partial. (Modalities' merge offsets: see
+  `pbin.merge_pbin`.)
 
 Memory is bounded independently of the input: the JSONL is read in chunks, tokens are written as they come, and per
 document only 8 bytes (its token count) are kept until the index pickle is written, streamed, at the end (+16 bytes per
@@ -34,8 +37,11 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -93,6 +99,8 @@ def _json_fault(line: bytes) -> str | None:
         return f"invalid JSON: {e.msg} at column {e.colno}"
     except (UnicodeDecodeError, ValueError) as e:
         return f"invalid JSON: {e}"
+    except RecursionError:  # json.loads recurses once per "[" or "{"; Modalities' index refuses such lines too
+        return "invalid JSON: nesting too deep"
     return None
 
 
@@ -184,7 +192,11 @@ class _Fault(Exception):
 
 
 class _Extractor:
-    """The text of a JSONL line under a jq pattern: json + key lookups for `.a.b` patterns (jq's semantics), else jq."""
+    """The text of a JSONL line under a jq pattern: json + key lookups for `.a.b` patterns (jq's semantics), else jq.
+
+    Each line is its own jq input, as in Modalities. A pattern that yields several values gives its first result, as
+    Modalities' `.first()` does (docs/packed-format.md: "jq semantics, first result"); further results are ignored.
+    """
 
     def __init__(self, pattern: str):
         self.pattern = pattern
@@ -206,16 +218,23 @@ class _Extractor:
             raise _Fault(f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start : e.start + 4]!r})") from None
         if self.keys is None:
             try:
-                value = self.program.input_text(line).first()
+                value = self.program.input_text(line).first()  # first result only, as Modalities; the rest is ignored
             except StopIteration:
                 raise _Fault(f"jq pattern {self.pattern!r} yields nothing") from None
             except ValueError as e:
                 raise _Fault(f"jq pattern {self.pattern!r} fails: {e}") from None
         else:
+            # jq skips one UTF-8 BOM at the start of its input, and Modalities gives jq one line at a time, so a BOM
+            # at the start of any line is dropped (the index accepts it: json.loads on bytes strips it too).
+            line = line.removeprefix("\ufeff")
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise _Fault(f"invalid JSON: {e.msg} at column {e.colno}") from None
+            except ValueError as e:  # e.g. an integer of more than 4300 digits
+                raise _Fault(f"invalid JSON: {e}") from None
+            except RecursionError:
+                raise _Fault("invalid JSON: nesting too deep") from None
             for key in self.keys:
                 if isinstance(value, dict):
                     value = value.get(key)
@@ -229,12 +248,26 @@ class _Extractor:
             raise _Fault(
                 f"jq pattern {self.pattern!r} yields a value of type {type(value).__name__}, expected a string"
             )
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as e:  # jq refuses lone surrogate escapes such as "\ud800"
-                raise _Fault(f"text holds an unpaired surrogate {value[e.start]!r}") from None
+        if self.keys is not None and not value.isascii():
+            value = _as_jq_reads_surrogates(value)
         return value
+
+
+_HIGH_SURROGATE = re.compile("[\ud800-\udbff]")
+_LOW_SURROGATE = re.compile("[\udc00-\udfff]")
+
+
+def _as_jq_reads_surrogates(text: str) -> str:
+    """`text` from json.loads as jq would have parsed it: a lone low surrogate escape becomes U+FFFD, a lone high one
+    is an error. (json.loads pairs a high escape with a following low one as jq does; any surrogate left is lone.)"""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    if (high := _HIGH_SURROGATE.search(text)) is not None:
+        raise _Fault(f"text holds an unpaired high surrogate {high.group()!r} (jq refuses it)")
+    return _LOW_SURROGATE.sub("\ufffd", text)
 
 
 @dataclasses.dataclass
@@ -255,6 +288,44 @@ def _init_worker(spec: _WorkerSpec) -> None:
     if spec.quiet_hf_threads:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = (spec, _Extractor(spec.jq_pattern), open(spec.src, "rb"))  # each process reads its own lines
+
+
+def _init_pool_worker(spec: _WorkerSpec) -> None:
+    # Ctrl-C reaches the whole process group: the main process alone handles it (and stops the workers), so the
+    # workers print no tracebacks. A forked worker also inherits the main process's SIGTERM handler: undo it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(spec)
+
+
+def _worker_death(src: str, executor: ProcessPoolExecutor) -> PackedDataError:
+    """The error for a pool whose worker died; waits for the pool to wind down so that the exit codes are known."""
+    workers = list((getattr(executor, "_processes", None) or {}).values())  # private, but only it knows the exit codes
+    executor.shutdown(wait=True)
+    # The pool SIGTERMs the surviving workers once one has died: the other codes are the cause.
+    codes = sorted({w.exitcode for w in workers} - {None, 0, -signal.SIGTERM})
+    how = ", ".join(
+        f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.valid_signals() else f"exit code {c}"
+        for c in codes
+    )
+    return PackedDataError(
+        f"{src}: a packing worker process died ({how or 'exit code unknown'}), most likely killed for lack of memory;"
+        " nothing was written. Try fewer --num_processes."
+    )
+
+
+def _unindexed_json_line(src: str, start: int, first_line_no: int) -> int | None:
+    """Line number of the first line from byte `start` on that parses as JSON (one Modalities' index would keep).
+
+    Blank lines and lines an index made with Modalities' drop_faulty_entries leaves out do not count.
+    """
+    with open(src, "rb") as f:
+        f.seek(start)
+        for k, line in enumerate(f):
+            line = line.removesuffix(b"\n")
+            if line.strip() and _json_fault(line) is None:
+                return first_line_no + k
+    return None
 
 
 def _encode_lines(first: int, entries_Mx2: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
@@ -325,6 +396,7 @@ class PackReport:
     backend: str
     skipped: list[tuple[int, str]]
     seconds: float
+    blocker: str | None = None  # why the tiktoken fast path was not taken (backend "auto" on HF)
 
 
 def _batches(index_Nx2: np.ndarray, batch_bytes: int):
@@ -374,6 +446,10 @@ def pack_jsonl(
     dst = os.fspath(dst) if dst is not None else default_pbin_path(src)
     if not os.path.isfile(src):
         raise PackedDataError(f"{src}: no such JSONL file")
+    if num_processes is None:
+        num_processes = os.cpu_count() or 1
+    elif num_processes < 1:  # 0 must not quietly mean "all CPUs"
+        raise PackedDataError(f"--num_processes must be at least 1, got {num_processes}")
     if not check_output(dst, file_existence_policy, [src, index_path]):
         return None
     tokenizer = load_tokenizer(tokenizer_file, tokenizer_backend)
@@ -398,6 +474,16 @@ def pack_jsonl(
             )
     offsets = index_Nx2[:, 0]
     contiguous = len(offsets) == 0 or (offsets[0] == 0 and np.array_equal(offsets[1:], index_Nx2[:-1].sum(axis=1) + 1))
+    if contiguous and len(offsets):
+        # An index of every line (what create_memmap_index writes) must reach the file's last line; only the final
+        # b"\n" or blank (or non-JSON) lines may follow it. A JSON line after it is data the index would drop.
+        covered = int(index_Nx2[-1].sum())
+        line_no = _unindexed_json_line(src, covered, len(offsets)) if covered < file_size else None
+        if line_no is not None:
+            raise PackedDataError(
+                f"{index_path}: index covers bytes 0..{covered} of the {file_size} of {src}, but line {line_no} after"
+                " them holds JSON: it is stale or for another file; re-run create_memmap_index"
+            )
 
     def line_of(entries: list[int]) -> dict[int, int]:
         if contiguous:
@@ -405,9 +491,6 @@ def pack_jsonl(
         by_offset = _line_numbers(src, [int(offsets[e]) for e in entries])
         return {e: by_offset[int(offsets[e])] for e in entries}
 
-    num_processes = num_processes or os.cpu_count() or 1
-    if num_processes < 1:
-        raise PackedDataError(f"num_processes must be >= 1, got {num_processes}")
     spec = _WorkerSpec(src, tokenizer, jq_pattern, eod_id, tokenizer.width, quiet_hf_threads=num_processes > 1)
     skipped: list[tuple[int, str]] = []
     pbar = None
@@ -420,7 +503,11 @@ def pack_jsonl(
                 # already runs JAX's threads (a notebook, the tests) can deadlock its forked children: spawn there.
                 fork_ok = "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules
                 ctx = multiprocessing.get_context("fork" if fork_ok else "spawn")
-                pool = ctx.Pool(num_processes, initializer=_init_worker, initargs=(spec,))
+                # Not multiprocessing.Pool: it replaces a worker that dies (say, killed for memory) and waits forever
+                # for the lost batch; this pool fails the batch with BrokenProcessPool.
+                pool = ProcessPoolExecutor(
+                    num_processes, mp_context=ctx, initializer=_init_pool_worker, initargs=(spec,)
+                )
             else:
                 _init_worker(spec)
             from tqdm import tqdm
@@ -448,20 +535,26 @@ def pack_jsonl(
                     consume(_encode_lines(first, entries))
             else:
                 in_flight = collections.deque()  # bounded: the reader never runs more than 2 batches per worker ahead
-                for first, entries in _batches(index_Nx2, batch_bytes):
-                    in_flight.append(pool.apply_async(_encode_lines, (first, entries)))
-                    if len(in_flight) >= 2 * num_processes:
-                        consume(in_flight.popleft().get())
-                while in_flight:
-                    consume(in_flight.popleft().get())
+                try:
+                    for first, entries in _batches(index_Nx2, batch_bytes):
+                        in_flight.append(pool.submit(_encode_lines, first, entries))
+                        if len(in_flight) >= 2 * num_processes:
+                            consume(in_flight.popleft().result())  # in submission order: the output order
+                    while in_flight:
+                        consume(in_flight.popleft().result())
+                except BrokenProcessPool:
+                    raise _worker_death(src, pool) from None
             writer.close()
         except BaseException:
             writer.abort()
+            if pool is not None:
+                # Stop now rather than finish batches nobody will read. Python 3.14 has pool.terminate_workers().
+                for worker in list((getattr(pool, "_processes", None) or {}).values()):
+                    worker.terminate()
             raise
         finally:
             if pool is not None:
-                pool.terminate()
-                pool.join()
+                pool.shutdown(wait=True, cancel_futures=True)
             elif _WORKER is not None:
                 _WORKER[2].close()
             if pbar is not None:
@@ -480,4 +573,5 @@ def pack_jsonl(
         backend=tokenizer.backend,
         skipped=skipped,
         seconds=time.perf_counter() - t0,
+        blocker=tokenizer.blocker,
     )

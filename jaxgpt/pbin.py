@@ -15,7 +15,7 @@ for 20M documents would be 2.6 GB): `write_pairs` emits exactly the bytes of `pi
 from numpy arrays, and `load_pairs` streams a pickle into an [N, 2] int64 array (16 bytes per document).
 
 Every output is written to a temporary file in the destination's directory and renamed into place only when complete
-(`atomic_output`), so an error, a crash or Ctrl-C never leaves a partial .pbin or .idx behind.
+(`atomic_output`), so an error, a crash, Ctrl-C or SIGTERM never leaves a partial .pbin or .idx behind.
 
 This module imports only numpy and the standard library: the CLI tools import it and must start fast.
 """
@@ -29,7 +29,9 @@ import itertools
 import os
 import pickle
 import re
+import signal
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -58,7 +60,11 @@ def token_width(vocab_size: int) -> int:
 
 
 class _PairsUnpickler(pickle.Unpickler):
-    """Admits only the opcodes that build lists, tuples and ints: every global lookup (the road to code) is refused."""
+    """Refuses every global lookup and persistent id, the only roads to code; all other opcodes are admitted.
+
+    What is left builds only builtin values (lists, tuples, ints, but also dicts, strings, floats...): the callers
+    check the types of what comes out.
+    """
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: only list, tuple and int are allowed")
@@ -114,9 +120,7 @@ class _PairsSink:
         try:
             pairs_Nx2 = np.array(items, dtype=np.int64).reshape(-1, 2)
         except OverflowError:
-            raise PackedDataError(
-                f"{self.where}: an index entry near entry {self.count} does not fit in int64"
-            ) from None
+            raise _int64_overflow(self.where, items, self.count) from None
         if len(pairs_Nx2) and pairs_Nx2.min() < 0:
             bad = int(np.flatnonzero((pairs_Nx2 < 0).any(axis=1))[0])
             raise PackedDataError(
@@ -127,6 +131,14 @@ class _PairsSink:
 
     def array(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros((0, 2), np.int64)
+
+
+def _int64_overflow(where: str, pairs: list, first: int) -> PackedDataError:
+    """The error for pairs (entries first.. of an index) of which one holds an int that does not fit in int64."""
+    i, pair = next((i, p) for i, p in enumerate(pairs) if max(p) >= 2**63)
+    return PackedDataError(
+        f"{where}: index entry {first + i} is {pair!r}: {max(pair)} does not fit in int64 (corrupt?)"
+    )
 
 
 class _SinkUnpickler(_PairsUnpickler):
@@ -199,7 +211,10 @@ def load_pairs(f, where: str) -> np.ndarray:
         rest = head[len(_LIST_HEAD_PLAIN) :]
     else:
         pairs = load_pickled_pairs(head + f.read(), where)
-        return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        try:
+            return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        except OverflowError:
+            raise _int64_overflow(where, pairs, 0) from None
     sink = _PairsSink(where)
     stream = io.BufferedReader(_PrefixedReader(_SINK_HEAD + rest, f), buffer_size=1 << 16)
     try:
@@ -310,20 +325,49 @@ def write_pairs(f, pairs_Nx2: np.ndarray) -> int:
     return written
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # the exit status the default action would give (143)
+
+
+@contextlib.contextmanager
+def _sigterm_raises_system_exit() -> Iterator[None]:
+    """SIGTERM's default action ends the process at once, skipping every cleanup: make it raise SystemExit instead.
+
+    Only the main thread can set a signal handler; elsewhere this does nothing. The previous handler is restored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary path next to `path`; renames it to `path` if the block succeeds, deletes it otherwise."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a partial file behind
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = directory
+        while not os.path.exists(blocker):
+            blocker = os.path.dirname(blocker)
+        raise PackedDataError(f"{path}: cannot write there, {blocker} is not a directory") from None
+    except OSError as e:
+        raise PackedDataError(f"{path}: cannot create its directory {directory}: {e.strerror}") from None
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with _sigterm_raises_system_exit():
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:  # also KeyboardInterrupt and SIGTERM: never leave a partial file behind
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
 
 
 class PbinWriter:

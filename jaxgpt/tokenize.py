@@ -1,12 +1,14 @@
-"""Tokenizers for packing: a tokenizer.json loaded as HF `tokenizers` would run it, with a faster path that gives the same ids.
+"""Tokenizers for packing: a tokenizer.json loaded as HF `tokenizers` would run it, with a faster tiktoken path for GPT-2.
 
 The fast path builds a `tiktoken.Encoding` from a byte-level BPE tokenizer.json (GPT-2 style): the vocabulary's
 byte-level unicode strings map back to bytes and become the mergeable ranks, the pre-tokenizer is GPT-2's regex, and
-added tokens are split out first and mapped to their ids, as HF does. It is used only when `fast_path_blocker` finds
-nothing in the file that would make the two disagree (normalizer, prefix space, post-processor templates, BPE options,
-merge ranks that are not the token ids, added-token flags ...), and a probe text must encode identically under both
-before it is trusted; every other tokenizer runs on HF `tokenizers`. tests/test_pack_tokenize.py compares the two on the
-bundled corpora, the golden files and unicode edge cases (every code point was checked once, see there).
+added tokens are split out first and mapped to their ids, as HF does. The two BPEs are not the same algorithm: tiktoken
+merges any two adjacent parts whose concatenation is in the vocabulary (lowest rank first), HF only the pairs its
+`merges` list holds, so the structural checks of `fast_path_blocker` cannot show that the ids agree (a 3-merge
+vocabulary that passes them all gives different ids, see tests/test_pack_tokenize.py). The fast path is therefore taken
+only for the vetted vocabularies of `VETTED_VOCABULARIES` (GPT-2's: every code point and 250k random concatenations of
+its tokens encoded identically), only when the structural checks pass as well, and only when a probe text encodes
+identically under both; every other tokenizer runs on HF `tokenizers`.
 
 Imports no jax: the packing tools use it.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 
@@ -24,6 +27,15 @@ from jaxgpt.pbin import PackedDataError, token_width
 
 # The regex HF's ByteLevel pre-tokenizer uses when use_regex is true (GPT-2's).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# `vocabulary_hash` of the vocabularies whose fast-path ids were compared with HF's beyond the structural checks.
+# GPT-2's (data/tokenizer/tokenizer.json, also as `tokenizers` re-saves it): every Unicode code point, alone and in
+# context, and 250k random concatenations of its tokens' text encoded to the same ids, 0 differences; the test suite
+# repeats a part of that check on every run.
+VETTED_VOCABULARIES = {
+    "c86787df8cc8ddf8561ea90f12784471aba51509b6f6c2c5f7bb86c71e2d807c": "GPT-2",
+}
+NOT_VETTED = "not a vetted vocabulary (fast path only for GPT-2's; tiktoken can merge pairs HF's merges list lacks)"
 
 # Encoded by both backends whenever the fast path is chosen; a difference means the fast path is not trusted.
 PROBE_TEXT = (
@@ -48,8 +60,19 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def vocabulary_hash(spec: dict) -> str:
+    """SHA-256 of a tokenizer.json's vocab and merges, the same however the file was written (whitespace, key order,
+    merges as "a b" strings or [a, b] pairs)."""
+    model = spec.get("model") or {}
+    # Joining a pair with a space is unambiguous here: byte-level tokens write the space byte as "Ġ".
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    canonical = {"vocab": model.get("vocab") or {}, "merges": merges}
+    text = json.dumps(canonical, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def fast_path_blocker(spec: dict) -> str | None:
-    """Why this tokenizer.json cannot run on tiktoken with identical ids, or None when it can."""
+    """Why this tokenizer.json may not run on tiktoken, or None when it is a vetted vocabulary that passes every check."""
     model = spec.get("model") or {}
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
         return f"model is {model.get('type')!r}, not BPE"
@@ -87,8 +110,9 @@ def fast_path_blocker(spec: dict) -> str | None:
     singles = {tok for tok in base if len(tok) == 1}
     if len(singles) != 256:
         return f"the vocabulary has {len(singles)} single-byte tokens, not 256"
-    # tiktoken merges the adjacent pair whose concatenation has the lowest id; HF the pair with the lowest merge rank.
-    # They agree when the merge results are exactly the multi-byte tokens and their ids rise with the merge rank.
+    # tiktoken merges the adjacent pair whose concatenation has the lowest id; HF the listed pair with the lowest merge
+    # rank. These checks are necessary for the two to agree, not sufficient: tiktoken also merges pairs that the merges
+    # list lacks when their concatenation is a token, hence the allow-list below.
     merged = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
     if any(len(m) != 2 for m in merged):
         return "a merge is not a pair"
@@ -99,6 +123,8 @@ def fast_path_blocker(spec: dict) -> str | None:
         return "merge ranks do not follow token ids"
     if set(merge_ids) | {base[s] for s in singles} != set(base.values()):
         return "the vocabulary holds tokens that no merge produces"
+    if vocabulary_hash(spec) not in VETTED_VOCABULARIES:
+        return NOT_VETTED
     return None
 
 
@@ -107,10 +133,11 @@ class Tokenizer:
     """A tokenizer.json ready for packing: which backend, the base vocabulary size and the .pbin token width."""
 
     path: str
-    backend: str  # "tiktoken" (fast path, ids proven equal) or "hf" (HF tokenizers)
+    backend: str  # "tiktoken" (fast path, vetted vocabulary) or "hf" (HF tokenizers)
     vocab_size: int  # base vocabulary, added tokens excluded (what Modalities sizes the token width by)
     width: int  # bytes per token in the .pbin
     max_id: int  # largest id the tokenizer can emit
+    blocker: str | None = None  # why backend "auto" did not take the fast path (None when it did or "hf" was asked)
 
     @functools.cached_property
     def _impl(self):
@@ -133,6 +160,13 @@ class Tokenizer:
             allowed = enc.special_tokens_set
             return [enc.encode_to_numpy(t, allowed_special=allowed) for t in texts]
         return [np.asarray(e.ids, dtype=np.uint32) for e in self._impl.encode_batch(texts, add_special_tokens=True)]
+
+    def unknown_ids(self, ids) -> np.ndarray:
+        """The ids, in order, that no token of this tokenizer has (tiktoken cannot decode them, HF decodes them to "")."""
+        known = np.zeros(self.max_id + 1, dtype=bool)
+        known[list(_build_hf(self.path).get_vocab().values())] = True
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids[(ids < 0) | (ids > self.max_id) | ~known[np.clip(ids, 0, self.max_id)]]
 
     def decode(self, ids) -> str:
         """Text of the ids, special tokens kept (byte-level BPE decodes back to the exact text)."""
@@ -176,7 +210,8 @@ def _build_tiktoken(path: str):
 
 
 def load_tokenizer(path: str | os.PathLike, backend: str = "auto") -> Tokenizer:
-    """Loads a tokenizer.json; backend "auto" takes the fast path when it provably gives HF's ids, "hf" never does."""
+    """Loads a tokenizer.json. Backend "auto" takes the tiktoken fast path for a vetted vocabulary (GPT-2's) that passes
+    every check, else HF; "hf" never takes it; "tiktoken" refuses a tokenizer that "auto" would not run on tiktoken."""
     path = os.fspath(path)
     if backend not in ("auto", "hf", "tiktoken"):
         raise PackedDataError(f"tokenizer backend must be auto, hf or tiktoken, got {backend!r}")
@@ -189,15 +224,22 @@ def load_tokenizer(path: str | os.PathLike, backend: str = "auto") -> Tokenizer:
         raise PackedDataError(f"{path}: not a loadable tokenizer.json ({type(e).__name__}: {e})") from None
     vocab_size = hf.get_vocab_size(with_added_tokens=False)
     max_id = max(hf.get_vocab().values())
-    chosen = "hf"
-    if backend != "hf":
-        blocker = fast_path_blocker(spec)
-        if blocker is None:
-            fast = Tokenizer(path, "tiktoken", vocab_size, token_width(vocab_size), max_id)
-            slow = Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id)
-            if np.array_equal(fast.encode_batch([PROBE_TEXT])[0], slow.encode_batch([PROBE_TEXT])[0]):
-                return fast
-            blocker = "the probe text encodes differently"
-        if backend == "tiktoken":
-            raise PackedDataError(f"{path}: the tiktoken fast path cannot reproduce this tokenizer: {blocker}")
-    return Tokenizer(path, chosen, vocab_size, token_width(vocab_size), max_id)
+    if backend == "hf":
+        return Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id)
+    blocker = fast_path_blocker(spec)
+    for t in spec.get("added_tokens") or []:
+        # HF gives an added token missing from the vocabulary the next free id, whatever id the file writes for it;
+        # tiktoken would use the file's id.
+        hf_id = hf.token_to_id(t["content"])
+        if blocker is None and hf_id != t["id"]:
+            blocker = f"added token {t['content']!r} has id {t['id']} in the file but {hf_id} in HF tokenizers"
+    if blocker is None:
+        fast = Tokenizer(path, "tiktoken", vocab_size, token_width(vocab_size), max_id)
+        slow = Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id)
+        if np.array_equal(fast.encode_batch([PROBE_TEXT])[0], slow.encode_batch([PROBE_TEXT])[0]):
+            return fast
+        blocker = "the probe text encodes differently"
+    if backend == "tiktoken":
+        # Never a silent fallback and never unchecked ids: the caller asked for tiktoken, so say why it is refused.
+        raise PackedDataError(f"{path}: tokenizer backend 'tiktoken' refused: {blocker}; use 'auto' or 'hf'")
+    return Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id, blocker)

@@ -2,10 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import RAW, TEST_DATA, TOKENIZER
+from conftest import RAW, REPO, TEST_DATA, TOKENIZER
 
 from jaxgpt.packing import JsonlError, create_index, index_jsonl, pack_jsonl
 from jaxgpt.pbin import PackedDataError, read_pbin, write_idx
@@ -87,8 +89,9 @@ BAD_LINES = [
     (b'{"other": "x"}', r"jq pattern '.text' yields null"),
     (b'{"text": 42}', r"jq pattern '.text' yields a value of type int, expected a string"),
     (b'{"text": ""}', r"text is empty"),
-    (b'{"text": "a\\ud800b"}', r"text holds an unpaired surrogate"),
+    (b'{"text": "a\\ud800b"}', r"text holds an unpaired high surrogate '\\ud800' \(jq refuses it\)"),
     (b'{"text": {"nested": 1}}', r"jq pattern '.text' yields a value of type dict"),
+    (b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", r"invalid JSON: nesting too deep"),
 ]
 
 
@@ -100,7 +103,7 @@ def test_bad_line_fails_pack_with_file_line_reason(tmp_path, raw, reason):
     _no_output(tmp_path, "bad.pbin")
 
 
-@pytest.mark.parametrize("raw,reason", BAD_LINES[:3], ids=["json", "empty", "utf8"])
+@pytest.mark.parametrize("raw,reason", BAD_LINES[:3] + BAD_LINES[-1:], ids=["json", "empty", "utf8", "deep"])
 def test_bad_line_fails_index_with_file_line_reason(tmp_path, raw, reason):
     src = tmp_path / "bad.jsonl"
     src.write_bytes(b'{"text": "a"}\n{"text": "b"}\n' + raw + b'\n{"text": "c"}\n')
@@ -133,7 +136,8 @@ def test_index_chunking_matches_one_chunk():
 
 
 def test_token_too_large_for_width(tmp_path):
-    # A byte-level tokenizer with 256 base tokens (width 1) and an added token whose id 300 needs 2 bytes.
+    # A byte-level tokenizer with 256 base tokens (width 1) and an added token whose id needs 2 bytes: HF renumbers
+    # the file's id 300 to 256, the first free one (the tiktoken path kept 300); either way it does not fit.
     spec = json.loads(TOKENIZER.read_text(encoding="utf-8"))
     base = {tok: i for tok, i in spec["model"]["vocab"].items() if len(tok) == 1}
     spec["model"]["vocab"], spec["model"]["merges"] = base, []
@@ -141,11 +145,13 @@ def test_token_too_large_for_width(tmp_path):
     (tmp_path / "tiny.json").write_text(json.dumps(spec), encoding="utf-8")
     src = _write_jsonl(tmp_path / "t.jsonl", [{"text": "ab"}, {"text": "a<|big|>b"}, {"text": "c"}])
     kw = dict(tokenizer_file=tmp_path / "tiny.json", jq_pattern=".text", eod_token="!", num_processes=1, progress=False)
-    with pytest.raises(JsonlError, match=r"t\.jsonl:2: token id 300 does not fit the token width of 1 bytes"):
+    big = int(load_tokenizer(tmp_path / "tiny.json").encode_batch(["<|big|>"])[0][0])
+    assert big >= 256
+    with pytest.raises(JsonlError, match=rf"t\.jsonl:2: token id {big} does not fit the token width of 1 bytes"):
         pack_jsonl(src, tmp_path / "t.pbin", **kw)
     _no_output(tmp_path, "t.pbin")
     report = pack_jsonl(src, tmp_path / "t.pbin", skip_faulty_lines=True, **kw)
-    assert report.skipped == [(2, "token id 300 does not fit the token width of 1 bytes")]
+    assert report.skipped == [(2, f"token id {big} does not fit the token width of 1 bytes")]
     pf = read_pbin(tmp_path / "t.pbin")
     assert pf.width == 1 and [pf.document(i).tolist() for i in range(2)] == [[64, 65, 0], [66, 0]]
 
@@ -165,6 +171,47 @@ def test_stale_index_is_refused(tmp_path):
     with pytest.raises(PackedDataError, match=r"d\.idx: entry 0 .* reaches past the end of .*d\.jsonl.*stale"):
         _pack(src, tmp_path / "d.pbin")
     _no_output(tmp_path, "d.pbin")
+
+
+def test_index_of_fewer_lines_than_the_file_is_refused(tmp_path):
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(b'{"text": "one"}\n{"text": "two"}\n')
+    create_index(src)
+    with open(src, "ab") as f:
+        f.write(b'{"text": "three"}\n{"text": "four"}\n')
+    stale = r"a\.idx: index covers bytes 0\.\.31 of the 67 of .*a\.jsonl, but line 3 after them holds JSON: it is stale"
+    with pytest.raises(PackedDataError, match=stale + r" or for another file; re-run create_memmap_index"):
+        _pack(src, tmp_path / "a.pbin")
+    _no_output(tmp_path, "a.pbin")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"text": "a"}\n{"text": "b"}\n',
+        b'{"text": "a"}\n{"text": "b"}',  # no final newline
+        b'{"text": "a"}\r\n{"text": "b"}\r\n',  # the \r is inside each line
+        b'{"text": "a"}\r\n{"text": "b"}\r',
+    ],
+    ids=["lf", "no_final_newline", "crlf", "cr_last"],
+)
+def test_index_of_every_line_is_not_stale(tmp_path, data):
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(data)
+    create_index(src)
+    assert _pack(src, tmp_path / "a.pbin").num_docs == 2
+
+
+def test_lines_an_index_may_leave_out_at_the_end(tmp_path):
+    # Blank lines and lines that are not JSON (what Modalities' drop_faulty_entries leaves out) after the last entry
+    # lose no document: the index is not stale. A non-contiguous index (a chosen subset of lines) is never checked.
+    src = tmp_path / "a.jsonl"
+    lines = [b'{"text": "a"}', b'{"text": "b"}', b'{"text": "c"}']
+    src.write_bytes(b"\n".join(lines) + b"\n\n  \r\nnot json\n")
+    write_idx(tmp_path / "a.idx", np.array([[0, 13], [14, 13], [28, 13]]))
+    assert _pack(src, tmp_path / "a.pbin").num_docs == 3
+    write_idx(tmp_path / "a.idx", np.array([[0, 13], [28, 13]]))
+    assert _pack(src, tmp_path / "a.pbin", file_existence_policy="override").num_docs == 2
 
 
 def test_skip_faulty_lines_skips_exactly_those(tmp_path):
@@ -201,6 +248,8 @@ def test_general_jq_pattern_matches_simple_path(tmp_path):
     _pack(src, tmp_path / "simple.pbin", ".meta.body")
     _pack(src, tmp_path / "jq.pbin", '.meta | .["body"]')
     assert (tmp_path / "simple.pbin").read_bytes() == (tmp_path / "jq.pbin").read_bytes()
+    _pack(src, tmp_path / "first.pbin", '.meta.body, "a second result, ignored as Modalities ignores it"')
+    assert (tmp_path / "first.pbin").read_bytes() == (tmp_path / "jq.pbin").read_bytes()
     with pytest.raises(JsonlError, match=r"j\.jsonl:1: jq pattern '.meta.body.x' fails: cannot index a str"):
         _pack(src, tmp_path / "bad.pbin", ".meta.body.x")
 
@@ -219,3 +268,88 @@ def test_file_existence_policy(tmp_path):
     assert create_index(src, file_existence_policy="skip") is None
     with pytest.raises(PackedDataError, match="also an input"):
         _pack(src, src, file_existence_policy="override")
+
+
+@pytest.mark.parametrize("pattern", [".text", ".text | ."], ids=["json", "jq"])
+def test_bom_and_lone_low_surrogate_read_as_jq_reads_them(tmp_path, pattern):
+    # Modalities gives jq one line at a time: jq drops a UTF-8 BOM at the start of each line and reads a lone low
+    # surrogate escape as U+FFFD. A BOM inside the text (here escaped) stays.
+    texts = [b"first", b"a\\udc00b \\udc00\\ud800\\udc00", b"middle", b"\\ufeffkept"]
+    plain = [b'{"text": "%s"}' % t for t in texts]
+    with_bom = [b"\xef\xbb\xbf" + plain[0], plain[1], b"\xef\xbb\xbf" + plain[2], plain[3]]
+    (tmp_path / "bom.jsonl").write_bytes(b"\n".join(with_bom) + b"\n")
+    expected = [line.replace(b"\\udc00\\ud800", b"\\ufffd\\ud800").replace(b"a\\udc00", b"a\\ufffd") for line in plain]
+    (tmp_path / "plain.jsonl").write_bytes(b"\n".join(expected) + b"\n")
+    for name in ["bom", "plain"]:
+        create_index(tmp_path / f"{name}.jsonl")
+        _pack(tmp_path / f"{name}.jsonl", tmp_path / f"{name}.pbin", pattern, num_processes=2)
+    assert (tmp_path / "bom.pbin").read_bytes() == (tmp_path / "plain.pbin").read_bytes()
+    doc = read_pbin(tmp_path / "bom.pbin").document(1)
+    assert load_tokenizer(TOKENIZER).decode(doc) == "a\ufffdb \ufffd\U00010000<|endoftext|>"
+
+
+def test_num_processes_below_one_is_refused(tmp_path):
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
+    for n in [0, -1]:
+        with pytest.raises(PackedDataError, match=rf"--num_processes must be at least 1, got {n}"):
+            _pack(src, tmp_path / "d.pbin", num_processes=n)
+    _no_output(tmp_path, "d.pbin")
+
+
+# Packs argv[1] with argv[3] processes through a test hook that misbehaves on cue: a document "DIE" kills its worker
+# with SIGKILL (as the out-of-memory killer would); a document "WAIT" prints "ready" and blocks.
+_HOOKED_PACK = """
+import os, signal, sys, time
+from jaxgpt import tokenize
+from jaxgpt.cli import clean_errors
+from jaxgpt.packing import pack_jsonl
+
+def encode_batch(self, texts, _encode_batch=tokenize.Tokenizer.encode_batch):
+    if "DIE" in texts:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "WAIT" in texts:
+        os.write(1, b"ready\\n")
+        time.sleep(60)
+    return _encode_batch(self, texts)
+
+tokenize.Tokenizer.encode_batch = encode_batch
+with clean_errors():
+    pack_jsonl(sys.argv[1], sys.argv[2], tokenizer_file=sys.argv[4], jq_pattern=".text", num_processes=int(sys.argv[3]),
+               progress=False, batch_bytes=30)
+"""
+
+
+def _hooked_pack(tmp_path, cue, num_processes):
+    texts = [f"document {i}" for i in range(40)]
+    texts[25] = cue
+    src = _write_jsonl(tmp_path / "h.jsonl", [{"text": t} for t in texts])
+    args = [sys.executable, "-c", _HOOKED_PACK, src, tmp_path / "h.pbin", str(num_processes), TOKENIZER]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+
+
+def test_a_worker_that_dies_stops_packing_with_an_error(tmp_path):
+    proc = _hooked_pack(tmp_path, "DIE", 2)
+    try:
+        _, err = proc.communicate(timeout=60)  # multiprocessing.Pool waited here forever
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert f"error: {tmp_path / 'h.jsonl'}: a packing worker process died (killed by SIGKILL)" in err
+    assert "Traceback" not in err
+    _no_output(tmp_path, "h.pbin")
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_sigterm_while_packing_leaves_no_temporary_file(tmp_path, num_processes):
+    proc = _hooked_pack(tmp_path, "WAIT", num_processes)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert any(name.endswith(".tmp") for name in os.listdir(tmp_path))  # mid-write
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + 15, err  # SystemExit(143), not death by the signal (-15)
+    assert "Traceback" not in err
+    _no_output(tmp_path, "h.pbin")

@@ -50,15 +50,49 @@ def test_bad_line_cli_error_and_skip(tmp_path):
     assert shown.returncode == 1 and "INVALID" in shown.stdout
 
 
+def test_output_under_a_file_is_a_clean_error(tmp_path):
+    src = tmp_path / "x.jsonl"
+    src.write_bytes(b'{"text": "one"}\n')
+    failed = _run("tools/create_memmap_index.py", "--index_path", src / "x.idx", src, check=False)
+    assert failed.returncode == 1 and f"{src / 'x.idx'}: cannot write there, {src} is not a directory" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
 def test_tools_do_not_import_jax(tmp_path):
     src = TEST_DATA / "lorem_ipsum.jsonl"
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['x', '--jq_pattern', '.text', '--tokenizer_file', {str(TOKENIZER)!r}, '--num_processes', '1',"
-        f" '--index_path', {str(TEST_DATA / 'lorem_ipsum.idx')!r}, '--dst_path', {str(tmp_path / 'x.pbin')!r}, {str(src)!r}]\n"
-        "runpy.run_path('tools/create_packed_data.py', run_name='__main__')\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'grain', 'torch'))\n"
-        "print('HEAVY', heavy)\n"
-    )
+    idx, pbin, merged = tmp_path / "x.idx", tmp_path / "x.pbin", tmp_path / "m.pbin"
+    runs = {  # every tool, each in the same process, in an order where each one's input exists
+        "create_memmap_index": ["--index_path", idx, src],
+        "create_packed_data": ["--jq_pattern", ".text", "--tokenizer_file", TOKENIZER, "--num_processes", "1"]
+        + ["--index_path", idx, "--dst_path", pbin, src],
+        "merge_packed_data": [merged, pbin],
+        "inspect_pbin": [merged, "--tokenizer_file", TOKENIZER],
+    }
+    code = "import runpy, sys\n"
+    for tool, args in runs.items():
+        code += (
+            f"sys.argv = ['x', *{list(map(str, args))!r}]\n"
+            f"runpy.run_path('tools/{tool}.py', run_name='__main__')\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'grain', 'torch'))\n"
+            f"print({tool!r}, 'HEAVY', heavy)\n"
+        )
     out = _run("-c", code).stdout
-    assert "HEAVY []" in out
+    assert [line for line in out.splitlines() if "HEAVY" in line] == [f"{tool} HEAVY []" for tool in runs]
+
+
+def test_inspect_with_a_tokenizer_lacking_the_ids(tmp_path):
+    # A 260-id byte-level tokenizer against GPT-2 ids: one clear error naming the .pbin, the tokenizer and the id,
+    # not tiktoken's KeyError traceback nor HF's silent empty text.
+    import json
+
+    spec = json.loads(TOKENIZER.read_text(encoding="utf-8"))
+    vocab = {tok: i for tok, i in spec["model"]["vocab"].items() if len(tok) == 1}
+    spec["model"].update(vocab={**vocab, "ZJ": 256, "QZ": 257, "QZJ": 258}, merges=["Z J", "Q Z", "QZ J"])
+    spec["added_tokens"] = [dict(spec["added_tokens"][0], id=259)]
+    small = tmp_path / "small_tokenizer.json"
+    small.write_text(json.dumps(spec), encoding="utf-8")
+    pbin = TEST_DATA / "lorem_ipsum.pbin"  # document 0 starts [15, 15639, ...]
+    shown = _run("tools/inspect_pbin.py", pbin, "--tokenizer_file", small, check=False)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr, shown.stderr
+    assert f"error: {pbin}: document 0 holds token id 15639, which {small} does not have" in shown.stderr
+    assert "(its ids end at 259)" in shown.stderr

@@ -26,7 +26,8 @@ def main() -> None:
         "--tokenizer_backend",
         choices=("auto", "hf", "tiktoken"),
         default="auto",
-        help="auto: tiktoken where it provably gives HF's ids (byte-level BPE such as GPT-2), else HF tokenizers",
+        help="auto: tiktoken for GPT-2's vocabulary (its ids matched HF's on every Unicode code point and 250k random"
+        " token concatenations), HF tokenizers for every other; tiktoken: refuse any other vocabulary; hf: always HF",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar on stderr")
     args = p.parse_args()
@@ -47,7 +48,8 @@ def main() -> None:
     if report is not None:
         print(
             f"wrote {report.dst}: {report.num_docs} documents, {report.num_tokens} tokens of {report.width} bytes"
-            f" ({report.backend} tokenizer, {report.num_tokens / report.seconds / 1e6:.2f}M tokens/s,"
+            f" ({report.backend} tokenizer{f': {report.blocker}' if report.blocker else ''},"
+            f" {report.num_tokens / report.seconds / 1e6:.2f}M tokens/s,"
             f" {len(report.skipped)} lines skipped)"
         )
 

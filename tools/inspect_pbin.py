@@ -2,14 +2,14 @@
 
     python tools/inspect_pbin.py FILE.pbin [--tokenizer_file tokenizer.json] [--doc N]
 
-Exit status 1 when the file is invalid.
+Exit status 1 when the file is invalid, or when the document holds ids that the tokenizer does not have.
 """
 
 import argparse
 import sys
 
 from jaxgpt.cli import clean_errors
-from jaxgpt.pbin import inspect
+from jaxgpt.pbin import PackedDataError, inspect
 
 
 def main() -> None:
@@ -32,7 +32,15 @@ def main() -> None:
         if args.tokenizer_file:
             from jaxgpt.tokenize import load_tokenizer
 
-            sys.stdout.write(load_tokenizer(args.tokenizer_file).decode(tokens) + "\n")
+            tokenizer = load_tokenizer(args.tokenizer_file)
+            # An id beyond the vocabulary means the wrong tokenizer: tiktoken raises on it and HF decodes it to "".
+            unknown = tokenizer.unknown_ids(tokens)
+            if len(unknown):
+                raise PackedDataError(
+                    f"{args.path}: document {doc} holds token id {unknown[0]}, which {args.tokenizer_file} does not have"
+                    f" (its ids end at {tokenizer.max_id}); is it the tokenizer this file was packed with?"
+                )
+            sys.stdout.write(tokenizer.decode(tokens) + "\n")
 
 
 if __name__ == "__main__":
