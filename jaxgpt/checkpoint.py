@@ -105,7 +105,8 @@ class Checkpointer:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
         except (KeyError, ValueError, OSError) as e:  # a missing item, a tree that does not match, a missing file
             raise CheckpointError(
-                f"{self.directory}/{step}: not a complete jaxgpt checkpoint of this model ({type(e).__name__}: {e})"
+                f"{self.directory}/{step}: cannot restore it: not a complete jaxgpt checkpoint of this model, or not"
+                f" readable ({type(e).__name__}: {e})"
             ) from e
 
     def _resolve(self, step: int | None) -> int:

@@ -165,7 +165,7 @@ def _lookup_bwd(dtype, residuals, d_rows_BxTxD):
     table_VxD, tokens_BxT = residuals
     d_table_VxD = constrain(jnp.zeros(table_VxD.shape, jnp.float32), "vocab", None)
     d_table_VxD = d_table_VxD.at[tokens_BxT].add(d_rows_BxTxD.astype(jnp.float32))
-    return constrain(d_table_VxD, "vocab", None), None
+    return constrain(d_table_VxD, "vocab", None).astype(table_VxD.dtype), None
 
 
 lookup.defvjp(_lookup_fwd, _lookup_bwd)

@@ -308,9 +308,10 @@ def _worker_death(src: str, executor: ProcessPoolExecutor) -> PackedDataError:
         f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.valid_signals() else f"exit code {c}"
         for c in codes
     )
+    # A kill by a signal (SIGKILL above all) is most often the kernel's out-of-memory killer.
+    likely = ", most likely for lack of memory; try fewer --num_processes" if any(c < 0 for c in codes) else ""
     return PackedDataError(
-        f"{src}: a packing worker process died ({how or 'exit code unknown'}), most likely killed for lack of memory;"
-        " nothing was written. Try fewer --num_processes."
+        f"{src}: a packing worker process died ({how or 'exit code unknown'}){likely}; nothing was written."
     )
 
 

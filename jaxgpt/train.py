@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.eval_steps",
         "data.val_path",
         "train.peak_flops",  # the MFU figure only
+        "train.seed",  # initialisation, and the dropout key, which a resume takes from the checkpoint
         "data.prefetch",
         "checkpoint.every",
         "checkpoint.keep",
@@ -293,11 +294,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     val_src = None
     if cfg.data.val_path:
         val_src = PackedWindowSource(split_paths(cfg.data.val_path, "data.val_path"), cfg.data.seq_len, vocab_size)
-        # Validation files are small: read them whole now, so that a bad id fails before step 1 and not at the first
-        # evaluation. Training files are too big for that; each training batch is checked as it is read.
-        for first in range(0, len(val_src), 4096):
-            val_src.read_windows(np.arange(first, min(first + 4096, len(val_src))))
     plan = make_plan(cfg, mesh, train_src)
+    if val_src is not None:
+        # Read the windows evaluation will read now (all, or the first train.eval_steps batches), so that a bad id
+        # fails before step 1 and not at the first evaluation. Training data is checked batch by batch as it is read.
+        num_read = (
+            len(val_src) if not cfg.train.eval_steps else min(len(val_src), cfg.train.eval_steps * plan.eval_batch)
+        )
+        for first in range(0, num_read, 4096):
+            val_src.read_windows(np.arange(first, min(first + 4096, num_read)))
     step_cfg = train_step.StepConfig.from_config(cfg, plan.num_steps)
     num_params = model.count_params(step_cfg.model)
     flops_per_token = model.flops_per_token(step_cfg.model, cfg.data.seq_len)
@@ -318,6 +323,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     except OSError as e:  # a file in the way, or no permission
         raise ValueError(f"--workdir={workdir}: cannot be used as the run directory ({e})") from e
     with contextlib.ExitStack() as cleanup:  # closes what was opened, last first, however the run ends
+        # First in, last out: the signal handlers stay in place until the final checkpoint is on disk, so a second
+        # SIGTERM during that save (a scheduler repeating itself) does not kill the process mid-write.
+        stop = StopSignal()
+        cleanup.callback(stop.restore)
         ckpt = checkpoint.Checkpointer(
             checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep
         )
@@ -370,8 +379,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         cleanup.callback(metrics_log.close)
         wandb_log = Wandb(cfg, workdir, resolved)
         cleanup.callback(wandb_log.close)
-        stop = StopSignal()
-        cleanup.callback(stop.restore)
         bar = tqdm(total=plan.num_steps, initial=start_step, disable=not is_lead(), unit="step", dynamic_ncols=True)
         cleanup.callback(bar.close)
         last = {"train": None, "eval": None}
@@ -475,8 +482,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
 def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, directory: str, step: int) -> None:
     """Refuses to resume under settings that would not continue the run exactly (or not fit its arrays): every config
     key but RESUMABLE_CHANGES, and every value of `stream`, must equal the checkpoint's."""
+    # A checkpoint of an older jaxgpt may lack a record that `stream` has now (train_files): say so, compare the rest.
+    unrecorded = [k for k in stream if k not in saved_stream]
+    if unrecorded:
+        warnings.warn(f"{directory}: step {step} holds no record of {unrecorded} (an older jaxgpt); not compared")
+    stream = {k: v for k, v in stream.items() if k in saved_stream}
     # Through JSON, as the checkpoint stored the config (tuples become lists).
-    saved = {**flatten(saved_config), **{k: saved_stream.get(k) for k in stream}}
+    saved = {**flatten(saved_config), **{k: saved_stream[k] for k in stream}}
     now = {**flatten(json.loads(json.dumps(cfg.to_dict()))), **stream}
     keys = sorted((saved.keys() | now.keys()) - RESUMABLE_CHANGES)
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -344,6 +345,8 @@ def test_a_worker_that_dies_stops_packing_with_an_error(tmp_path):
 def test_sigterm_while_packing_leaves_no_temporary_file(tmp_path, num_processes):
     proc = _hooked_pack(tmp_path, "WAIT", num_processes)
     try:
+        # a child that hangs before "ready" must fail the test, not hang the suite
+        assert select.select([proc.stdout], [], [], 120)[0], "the packing subprocess never reached the WAIT document"
         assert proc.stdout.readline() == "ready\n"
         assert any(name.endswith(".tmp") for name in os.listdir(tmp_path))  # mid-write
         proc.terminate()

@@ -166,6 +166,45 @@ def test_resume_accepts_another_mesh_cadence_and_data_location(straight_run, tmp
     assert checkpoint_steps(workdir) == [2, 5, 6]
 
 
+# A SIGTERM that lands while the final checkpoint is being written (a scheduler repeating its signal).
+_SIGTERM_DURING_THE_FINAL_SAVE = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+import conftest  # 8 fake CPU devices
+from test_train import tiny_config
+from jaxgpt import checkpoint, train
+
+wait = checkpoint.Checkpointer.wait
+def sigterm_then_wait(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return wait(self)
+
+checkpoint.Checkpointer.wait = sigterm_then_wait
+train.run(tiny_config(**{"train.num_steps": 2, "data.val_path": ""}), sys.argv[1])
+print("run returned")
+"""
+
+
+def test_a_sigterm_during_the_final_save_does_not_kill_the_run(tmp_path):
+    """The run's signal handlers stay in place until the last checkpoint is on disk."""
+    args = [sys.executable, "-c", _SIGTERM_DURING_THE_FINAL_SAVE, str(tmp_path), str(REPO / "tests")]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "run returned" in proc.stdout, proc.stderr[-2000:]
+    assert checkpoint_steps(str(tmp_path)) == [2]
+
+
+def test_a_checkpoint_without_the_training_file_record_resumes_with_a_warning():
+    """Checkpoints of an older jaxgpt hold no train_files: compared as far as they go, with a warning."""
+    cfg = tiny_config()
+    stream = {"global_batch_size": 8, "num_windows": 100, "num_steps": STEPS, "train_files": ["a.pbin (10 bytes)"]}
+    saved_config = json.loads(json.dumps(cfg.to_dict()))
+    older = {k: v for k, v in stream.items() if k != "train_files"}
+    with pytest.warns(UserWarning, match=r"ckpt: step 2 holds no record of \['train_files'\]"):
+        train.check_resumable(saved_config, older, cfg, stream, "ckpt", 2)
+    with pytest.raises(checkpoint.CheckpointError, match="num_windows: checkpoint 99 vs now 100"):
+        train.check_resumable(saved_config, {**stream, "num_windows": 99}, cfg, stream, "ckpt", 2)
+
+
 def test_a_stop_signal_at_the_last_step_leaves_its_eval_to_the_resume(straight_run, tmp_path, monkeypatch):
     workdir = str(tmp_path)
     agreed, calls = train.StopSignal.agreed, itertools.count(1)
@@ -205,13 +244,12 @@ def test_bad_validation_ids_fail_before_step_1(tmp_path):
     data_len, width, _ = pbin.read_header(bad)
     tokens = np.memmap(bad, pbin.WIDTH_DTYPES[width], mode="r+", offset=pbin.HEADER_BYTES, shape=(data_len // width,))
     seq_len = tiny_config().data.seq_len
-    last_window = (len(tokens) - 1) // seq_len - 1  # far past the 2 batches an eval reads here
-    tokens[last_window * seq_len + 1] = 60000
+    tokens[seq_len + 1] = 60000  # in window 1, which the first evaluation reads
     tokens.flush()
     del tokens
-    with pytest.raises(PackedDataError, match=rf"bad_val.pbin: window {last_window} holds token id 60000 >= model"):
+    with pytest.raises(PackedDataError, match=r"bad_val.pbin: window 1 holds token id 60000 >= model"):
         train.run(tiny_config(**{"data.val_path": bad}), workdir)
-    assert not os.path.exists(workdir)
+    assert not os.path.exists(workdir)  # refused before anything was written, not at the first evaluation
 
 
 @pytest.mark.parametrize(
@@ -249,7 +287,7 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error_naming_it(straight_run, tmp_
         os.makedirs(f"{tmp_path}/checkpoints/{step}/foo")
     else:
         shutil.rmtree(f"{tmp_path}/checkpoints/{STEPS}/{damage.removeprefix('no_')}")
-    expected = re.escape(f"{checkpoint.checkpoint_dir(workdir)}/{step}: not a complete jaxgpt checkpoint")
+    expected = re.escape(f"{checkpoint.checkpoint_dir(workdir)}/{step}: cannot restore it: not a complete jaxgpt")
     with pytest.raises(checkpoint.CheckpointError, match=expected):
         train.run(tiny_config(), workdir)
     with pytest.raises(checkpoint.CheckpointError, match=expected):
