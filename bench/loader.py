@@ -24,8 +24,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-from jaxgpt.batches import host_train_dataset, train_batches
-from jaxgpt.source import PackedWindowSource
+from jaxgpt.data.pipeline import host_train_dataset, train_batches
+from jaxgpt.data.source import PackedWindowSource
 
 BUNDLED = REPO / "tests" / "data" / "redpajama_v2_samples_512_train.pbin"
 
@@ -71,7 +71,7 @@ def measure(name: str, src: PackedWindowSource, batch: int, seconds: float) -> N
 
 
 def design_choices(src: PackedWindowSource, batch: int, seconds: float) -> None:
-    """The numbers behind two choices in batches.py: no Grain read threads, and no index_shuffle below 2**24 windows."""
+    """The numbers behind two choices in pipeline.py: no Grain read threads, and no index_shuffle below 2**24 windows."""
     tokens = batch * (src.seq_len + 1)
     ds = host_train_dataset(src, global_batch_size=batch, seed=0, rows=(0, batch))
     for threads, buffer in [(0, 0), (1, 4), (2, 16), (4, 16)]:
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--synthetic-mib", type=int, default=256)
-    parser.add_argument("--design", action="store_true", help="also time the alternatives batches.py rejected")
+    parser.add_argument("--design", action="store_true", help="also time the alternatives pipeline.py rejected")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, grain {grain.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}")
     measure("bundled RedPajama train .pbin", PackedWindowSource(BUNDLED, args.seq_len), args.batch, args.seconds)

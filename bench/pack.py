@@ -86,7 +86,7 @@ def main() -> None:
          "--index_path", WORK / "j.idx", "--dst_path", WORK / "j.pbin", "--num_processes", args.num_processes,
          "--no_progress", src]
     )  # fmt: skip
-    from jaxgpt.pbin import read_pbin
+    from jaxgpt.data.pbin import read_pbin
 
     n_tok = read_pbin(WORK / "j.pbin").num_tokens
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest single process so far

@@ -29,16 +29,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxgpt.model import (
-    attention_implementation,
-    count_params,
-    flops_per_token,
-    measure_matmul_peak,
-    peak_flops,
-    total_peak_flops,
-)
+from jaxgpt.model import count_params, flops_per_token, measure_matmul_peak, peak_flops, total_peak_flops
+from jaxgpt.model.attention import attention_implementation
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
-from jaxgpt.train_step import StepConfig, create_train_state, make_train_step
+from jaxgpt.state import StateLayout, StepConfig
+from jaxgpt.train_step import make_train_step
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
@@ -111,10 +106,10 @@ def main(argv):
     )
 
     start = time.perf_counter()
-    graphdef, state = create_train_state(step_cfg, mesh, seed=0)
-    jax.block_until_ready(state)
+    layout = StateLayout.build(step_cfg, mesh)
+    state = jax.block_until_ready(layout.init(0))
     print(f"init_s={time.perf_counter() - start:.1f}")
-    step = make_train_step(step_cfg, graphdef, mesh)
+    step = make_train_step(layout)
     tokens = np.random.default_rng(0).integers(0, 50257, (G, T + 1)).astype(np.int32)
     put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
     batch = {"inputs": put(tokens[:, :-1]), "targets": put(tokens[:, 1:])}

@@ -1,7 +1,9 @@
 """Every knob once, with one comment each. gpt60m.py and tiny.py override a few of these.
 
 Override any key on the command line: `--config.train.num_steps=100 --config.mesh.fsdp=8`.
-The model, the step and the pipeline never see this ConfigDict: the edge turns each section into a frozen dataclass.
+The model, the step and the pipeline never see this ConfigDict: the edge turns each section into a frozen dataclass,
+whose field defaults are these values (jaxgpt/config.py). A knob added later must default to the old behaviour: then
+checkpoints written before it still load and resume, as if they held the default.
 """
 
 import ml_collections
@@ -20,8 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.mlp = "swiglu"  # "swiglu" | "gelu"
     m.pos_emb = "rope"  # "rope" (NeoX rotate-half) | "learned" | "none"
     m.rope_base = 10000.0  # rotary base frequency
-    m.norm = "layer"  # "layer" (LayerNorm with bias) | "rms"
+    m.norm = "layer"  # "layer" (LayerNorm with bias) | "layer_no_bias" | "rms" (RMSNorm: a weight, no bias)
     m.norm_eps = 1e-5  # epsilon of every norm
+    m.attn = "causal"  # "causal": softmax self-attention, grouped-query when n_head_kv < n_head_q
     m.qk_norm = False  # normalise q and k per head before attention
     m.use_bias = False  # biases on the linear layers
     m.tie_embeddings = True  # lm_head reuses wte
@@ -77,3 +80,35 @@ def get_config() -> ml_collections.ConfigDict:
     w.name = ""  # run name; "" lets W&B choose
 
     return c
+
+
+# The keys a resume may change: they decide what is logged or evaluated, when and where, or how the same arrays are
+# laid out over the devices, never the numbers the training run computes. Every other key must match the checkpoint.
+RESUMABLE = (
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batch_size",
+    "train.eval_steps",
+    "data.val_path",
+    "train.peak_flops",  # the MFU figure only
+    "train.seed",  # initialisation, and the dropout key, which a resume takes from the checkpoint
+    "data.prefetch",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "wandb.mode",
+    "wandb.project",
+    "wandb.name",
+    # A checkpoint reshards onto another mesh. The per-replica micro batch follows the mesh; what the step computes is
+    # fixed by the global batch (compared in the stream record) and train.grad_accum (compared).
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+    "train.micro_batch_size",
+    # The same function with another memory/speed trade-off: only float rounding changes, as it does on a new mesh,
+    # and a resume on other hardware may need them (cuDNN attention on GPU only; remat to fit in less memory).
+    "train.remat",
+    "train.attention",
+    "train.loss_chunks",
+    # Compared as the stream record's train_files (each file's name and size): the same files moved or copied resume.
+    "data.train_path",
+)

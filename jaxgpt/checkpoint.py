@@ -7,7 +7,8 @@ A checkpoint is one Orbax composite step directory with five items:
     data       JSON: where the data stream stands ({"step", "global_batch_size", "num_windows", ...}); the batch order is a
                pure function of (data.seed, global batch size, window count, step), so with the first three
                unchanged the step alone is the exact data position
-    config     JSON: the resolved run config, so `load()` can rebuild the model without the config file
+    config     JSON: the resolved run config, so `load()` can rebuild the model without the config file; a knob
+               added to jaxgpt after the checkpoint was written reads as its default (config.complete)
 
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed at any moment
 (even mid-save) leaves only complete checkpoints behind, and `latest_step()` never sees a partial one.
@@ -24,7 +25,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxgpt import sharding, train_step
+from jaxgpt import config, sharding
+from jaxgpt.state import StateLayout, StepConfig, TrainState
 
 
 class CheckpointError(RuntimeError):
@@ -55,10 +57,15 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def newest(self, at_most: int) -> int | None:
+        """The newest complete checkpoint at or before step `at_most`; a save still in flight counts."""
+        self.wait()
+        return max((s for s in self.all_steps() if s <= at_most), default=None)
+
     def should_save(self, step: int) -> bool:
         return step % self.every == 0
 
-    def save(self, state: train_step.TrainState, *, data: dict, config: dict) -> None:
+    def save(self, state: TrainState, *, data: dict, config: dict) -> None:
         """Starts an asynchronous save of `state` at `state.step` (returns once the arrays are copied off the devices)."""
         step = int(jax.device_get(state.step))
         args = ocp.args.Composite(
@@ -70,15 +77,16 @@ class Checkpointer:
         )
         self._manager.save(step, args=args, force=True)
 
-    def restore(self, abstract_state: train_step.TrainState, step: int | None = None) -> train_step.TrainState:
-        """Restores the state onto the shardings that `abstract_state` carries."""
+    def restore(self, layout: StateLayout, step: int | None = None) -> TrainState:
+        """Restores the state onto the layout's shardings."""
+        abstract_state = layout.abstract
         restored = self._restore(
             step,
             params=ocp.args.StandardRestore(abstract_state.params),
             opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
             train=ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
         )
-        return train_step.TrainState(
+        return TrainState(
             step=restored.train["step"],
             params=restored.params,
             opt_state=restored.opt_state,
@@ -87,7 +95,7 @@ class Checkpointer:
 
     def restore_json(self, step: int | None = None) -> tuple[dict, dict]:
         """(config, data position) of a checkpoint: cheap, so a resume can be checked before any array is read."""
-        step = self._resolve(step)
+        step = self.resolve(step)
         restored = self._restore(step, config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
         if not isinstance(restored.config, dict) or not isinstance(restored.data, dict):
             raise CheckpointError(
@@ -100,7 +108,7 @@ class Checkpointer:
 
     def _restore(self, step: int | None, **items) -> Any:
         """Orbax's restore of `items`; a step directory that is damaged or foreign is a CheckpointError naming it."""
-        step = self._resolve(step)
+        step = self.resolve(step)
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
         except (KeyError, ValueError, OSError) as e:  # a missing item, a tree that does not match, a missing file
@@ -109,7 +117,8 @@ class Checkpointer:
                 f" readable ({type(e).__name__}: {e})"
             ) from e
 
-    def _resolve(self, step: int | None) -> int:
+    def resolve(self, step: int | None) -> int:
+        """The step to read: `step` if a checkpoint of it exists, the newest one for None."""
         steps = self._manager.all_steps()
         if not steps:
             raise CheckpointError(f"{self.directory}: holds no complete checkpoint")
@@ -135,19 +144,28 @@ def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding
     """Returns `(model, config)` from the newest (or given) checkpoint in `workdir`, without the optimizer state.
 
     The parameters land on `mesh`, by default the first local device, so a checkpoint written on 8 GPUs opens in a
-    notebook on one CPU; pass a mesh (sharding.make_mesh) to spread a large model over several devices.
+    notebook on one CPU; pass a mesh (sharding.make_mesh) to spread a large model over several devices. `config` holds
+    every knob of this jaxgpt, those the checkpoint predates at their defaults.
     """
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir}: no checkpoints/ directory; is this a jaxgpt workdir?")
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)  # keep: never delete anything from a reader
     try:
-        config = ml_collections.ConfigDict(ckpt.restore_json(step)[0])
-        step_cfg = train_step.StepConfig.from_config(config, num_steps=1)
+        step = ckpt.resolve(step)
+        cfg = saved_config(ckpt, step)
         if mesh is None:  # one device: any model width fits, which an FSDP mesh over odd device counts would not
             mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-        graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
-        params = ckpt.restore_params(abstract.params, step)
+        layout = StateLayout.build(StepConfig.from_config(cfg, num_steps=1), mesh)
+        params = ckpt.restore_params(layout.abstract.params, step)
     finally:
         ckpt.close()
-    return train_step.merge_model(graphdef, params), config
+    return layout.model(params), cfg
+
+
+def saved_config(ckpt: Checkpointer, step: int) -> ml_collections.ConfigDict:
+    """The run config a checkpoint holds, completed with the defaults of knobs it predates."""
+    try:
+        return config.complete(ckpt.restore_json(step)[0], f"{ckpt.directory}/{step}")
+    except ValueError as e:  # a newer jaxgpt's knob, or a value that does not fit
+        raise CheckpointError(str(e)) from None

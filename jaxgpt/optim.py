@@ -1,5 +1,7 @@
 """AdamW with global-norm clipping, a decay mask, and linear warmup then cosine decay."""
 
+from __future__ import annotations
+
 import dataclasses
 import math
 
@@ -8,8 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxgpt import config
+
 
 @dataclasses.dataclass(frozen=True)
+@config.knob_defaults("optim")
 class OptimConfig:
     lr: float
     min_lr_ratio: float
@@ -38,13 +43,9 @@ class OptimConfig:
                 raise ValueError(f"optim.{name}={getattr(self, name)!r} must be {rules[name]}")
 
     @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict) -> "OptimConfig":
-        """From the root config's optim section."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg.optim) - fields)
-        if unknown:
-            raise ValueError(f"unknown optim option(s) {['optim.' + k for k in unknown]}; known: {sorted(fields)}")
-        return cls(**{name: cfg.optim[name] for name in fields})
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> OptimConfig:
+        """From the root config's optim section (a missing key takes its default)."""
+        return config.from_section(cls, cfg, "optim")
 
 
 def warmup_steps(cfg: OptimConfig, num_steps: int) -> int:
@@ -54,9 +55,9 @@ def warmup_steps(cfg: OptimConfig, num_steps: int) -> int:
 
 
 def lr_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
-    """Step s (0-based): lr * (s + 1) / W for s < W, then cosine from lr to lr * min_lr_ratio at step num_steps - 1."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"train.num_steps={num_steps!r} must be a positive int")
+    """Step s (0-based): lr * (s + 1) / W for s < W, then cosine from lr to lr * min_lr_ratio at step num_steps - 1.
+
+    num_steps >= 1, as StepConfig checks."""
     warm = warmup_steps(cfg, num_steps)
     decay = max(1, num_steps - 1 - warm)
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio

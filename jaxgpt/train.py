@@ -6,6 +6,10 @@ that save or evaluate, which read their own step's metrics first: after a non-fi
 evaluated. Step k's metrics are those of the parameters before update k (the checkpoint of step k - 1), so a checkpoint
 is known good only once the next step's loss is finite; the stop message names the newest such checkpoint.
 
+`run`, piece by piece: `setup` (settings and data checked, nothing written) -> the StateLayout (state.py) ->
+`restore_or_init` (a resume must continue the run exactly) -> `write_run_record` -> a Recorder (recorder.py) and an
+Evaluation -> `train_loop`, which holds the order of save, evaluate and stop.
+
 Workdir layout:
     DIR/checkpoints/    Orbax (resumed automatically when present)
     DIR/metrics.jsonl   one JSON object per train/eval event
@@ -17,16 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
-import secrets
 import os
 import signal
 import sys
 import threading
-import time
 import warnings
 
 from absl import app, flags, logging
@@ -37,8 +38,13 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from jaxgpt import batches, checkpoint, model, optim, sharding, train_step
-from jaxgpt.source import PackedWindowSource
+from jaxgpt import checkpoint, config, model, optim, sharding, train_step
+from jaxgpt.config import flatten, load_config_file
+from jaxgpt.data import pipeline
+from jaxgpt.data.atomic import atomic_output
+from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.recorder import Recorder, TrainingStopped, is_lead
+from jaxgpt.state import StateLayout, StepConfig, TrainState
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, config.json, wandb/.")
@@ -56,42 +62,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 
 WANDB_MODES = ("offline", "online", "disabled")
 
-# The config keys a resume may change: they decide what is logged or evaluated, when and where, or how the same arrays
-# are laid out over the devices, never the numbers the training run computes. Every other key must match the checkpoint.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "train.log_every",
-        "train.eval_every",
-        "train.eval_batch_size",
-        "train.eval_steps",
-        "data.val_path",
-        "train.peak_flops",  # the MFU figure only
-        "train.seed",  # initialisation, and the dropout key, which a resume takes from the checkpoint
-        "data.prefetch",
-        "checkpoint.every",
-        "checkpoint.keep",
-        "wandb.mode",
-        "wandb.project",
-        "wandb.name",
-        # A checkpoint reshards onto another mesh. The per-replica micro batch follows the mesh; what the step computes
-        # is fixed by the global batch (compared in the stream) and train.grad_accum (compared).
-        "mesh.data",
-        "mesh.fsdp",
-        "mesh.tensor",
-        "train.micro_batch_size",
-        # The same function with another memory/speed trade-off: only float rounding changes, as it does on a new mesh,
-        # and a resume on other hardware may need them (cuDNN attention on GPU only; remat to fit in less memory).
-        "train.remat",
-        "train.attention",
-        "train.loss_chunks",
-        # Compared as the stream's train_files (each file's name and size): the same files moved or copied resume.
-        "data.train_path",
-    }
-)
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose with a message for the user (a non-finite loss)."""
+# The config keys a resume may change (declared in configs/base.py, next to the knobs); every other must match.
+RESUMABLE_CHANGES = config.resumable()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,104 +103,73 @@ def make_plan(cfg: ml_collections.ConfigDict, mesh, train_src: PackedWindowSourc
             raise ValueError(f"train.{key}={t[key]} must be >= 1")
     dp = sharding.data_parallel_size(mesh)
     global_batch = t.micro_batch_size * dp * t.grad_accum
-    per_epoch = batches.steps_per_epoch(train_src, global_batch)
-    num_steps = per_epoch if t.num_steps is None else t.num_steps  # Modalities' default: one epoch
-    if num_steps < 1:
-        raise ValueError(f"train.num_steps={num_steps} must be >= 1")
+    per_epoch = pipeline.steps_per_epoch(train_src, global_batch)
+    num_steps = per_epoch if t.num_steps is None else t.num_steps  # Modalities' default: one epoch; StepConfig checks
     eval_batch = t.eval_batch_size or t.micro_batch_size * dp
     if eval_batch % dp:
         raise ValueError(f"train.eval_batch_size={eval_batch} must be a multiple of the data-parallel size {dp}")
     return Plan(num_steps, global_batch, global_batch * cfg.data.seq_len, eval_batch, per_epoch)
 
 
-def is_lead() -> bool:
-    return jax.process_index() == 0
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run derives from its config and its data before it touches the workdir."""
+
+    cfg: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    train_src: PackedWindowSource
+    val_src: PackedWindowSource | None
+    plan: Plan
+    step_cfg: StepConfig
+    end_step: int  # the last step this process runs: num_steps, or --stop_after
+    # What a resume must match beyond the config: the derived batch and step counts, and the data itself, as each
+    # file's name and size (not its path or mtime: the same files copied elsewhere are the same data). With data.seed
+    # these fix the batch order (data/pipeline.py), and num_steps the lr schedule.
+    stream: dict
+    num_params: int
+    flops_per_token: float
+    peak_flops: float  # of all devices together, for MFU
 
 
-class MetricsLog:
-    """DIR/metrics.jsonl, written by process 0; on resume, events past the restored step are dropped."""
-
-    def __init__(self, path: str, resume_step: int):
-        self.path = path
-        self._file = None
-        self.eval_steps: set[int] = set()  # steps whose eval event the file holds (process 0 only)
-        if not is_lead():
-            return
-        if os.path.exists(path):
-            # A crash after the last checkpoint leaves events the resumed run will produce again: drop them, so the file
-            # reads as one uninterrupted run.
-            with open(path) as f:
-                kept = [line for line in f if _event_step(line) <= resume_step]
-            self.eval_steps = {e["step"] for e in map(json.loads, kept) if e.get("event") == "eval"}
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, path)
-        self._file = open(path, "a", buffering=1)
-
-    def write(self, event: dict) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(event) + "\n")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _event_step(line: str) -> float:
-    """The step of a metrics.jsonl line; inf for a line a killed process left half-written (so it is dropped)."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
-
-
-class Wandb:
-    """W&B logging that can never stop training: any failure warns once and turns it off."""
-
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, resolved: dict):
-        self._run = None
-        if not is_lead() or cfg.wandb.mode == "disabled":  # make_plan checked the mode
-            return
-        try:
-            import wandb
-
-            id_file = os.path.join(workdir, "wandb_run_id")  # the same W&B run continues across resumes
-            run_id = open(id_file).read().strip() if os.path.exists(id_file) else secrets.token_hex(4)
-            with open(id_file, "w") as f:
-                f.write(run_id)
-            self._run = wandb.init(
-                project=cfg.wandb.project,
-                name=cfg.wandb.name or None,
-                mode=cfg.wandb.mode,
-                dir=workdir,
-                id=run_id,
-                resume="allow",
-                config=resolved,
-                settings=wandb.Settings(console="off", silent=True),
-            )
-        except Exception as e:  # noqa: BLE001 - W&B must never stop training
-            self._fail("init", e)
-
-    def log(self, event: dict) -> None:
-        if self._run is None:
-            return
-        try:
-            self._run.log({k: v for k, v in event.items() if k not in ("step", "event")}, step=event["step"])
-        except Exception as e:  # noqa: BLE001
-            self._fail("log", e)
-
-    def close(self) -> None:
-        if self._run is None:
-            return
-        try:
-            self._run.finish()
-        except Exception as e:  # noqa: BLE001
-            self._fail("finish", e)
-
-    def _fail(self, what: str, e: Exception) -> None:
-        warnings.warn(f"W&B {what} failed, continuing without W&B: {type(e).__name__}: {e}", stacklevel=2)
-        self._run = None
+def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) -> Setup:
+    """Checks the settings and opens the data; every bad setting or file fails here, before anything is written."""
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"--stop_after={stop_after} must be >= 1 (leave it out to train to train.num_steps)")
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    # Every read is checked against the vocabulary: ids from another tokenizer must fail here, not as a NaN loss.
+    d, vocab = cfg.data, cfg.model.vocab_size
+    train_src = PackedWindowSource(split_paths(d.train_path, "data.train_path"), d.seq_len, vocab)
+    val_src = PackedWindowSource(split_paths(d.val_path, "data.val_path"), d.seq_len, vocab) if d.val_path else None
+    plan = make_plan(cfg, mesh, train_src)
+    if val_src is not None:
+        # Read the windows evaluation will read now (all, or the first train.eval_steps batches), so that a bad id
+        # fails before step 1 and not at the first evaluation. Training data is checked batch by batch as it is read.
+        steps = cfg.train.eval_steps
+        num_read = len(val_src) if not steps else min(len(val_src), steps * plan.eval_batch)
+        for first in range(0, num_read, 4096):
+            val_src.read_windows(np.arange(first, min(first + 4096, num_read)))
+    step_cfg = StepConfig.from_config(cfg, plan.num_steps)
+    stream = {
+        "global_batch_size": plan.global_batch,
+        "num_windows": len(train_src),
+        "num_steps": plan.num_steps,
+        "train_files": [f"{os.path.basename(p)} ({os.path.getsize(p)} bytes)" for p in train_src.paths],
+    }
+    return Setup(
+        cfg=cfg,
+        workdir=os.path.abspath(workdir),
+        mesh=mesh,
+        train_src=train_src,
+        val_src=val_src,
+        plan=plan,
+        step_cfg=step_cfg,
+        end_step=plan.num_steps if stop_after is None else min(plan.num_steps, stop_after),
+        stream=stream,
+        num_params=model.count_params(step_cfg.model),
+        flops_per_token=model.flops_per_token(step_cfg.model, d.seq_len),
+        peak_flops=model.total_peak_flops(resolve_peak_flops(cfg), jax.devices()),
+    )
 
 
 class StopSignal:
@@ -273,7 +214,7 @@ def resolve_peak_flops(cfg: ml_collections.ConfigDict) -> float:
 def evaluate(eval_step, params, source: PackedWindowSource, plan: Plan, mesh, max_batches: int) -> dict:
     """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0)."""
     loss_sum, num_tokens = 0.0, 0.0
-    with batches.eval_batches(source, global_batch_size=plan.eval_batch, sharding=sharding.batch_sharding(mesh)) as it:
+    with pipeline.eval_batches(source, global_batch_size=plan.eval_batch, sharding=sharding.batch_sharding(mesh)) as it:
         for batch in itertools.islice(it, max_batches or None):
             out = eval_step(params, batch)
             loss_sum += float(out["loss_sum"])
@@ -282,214 +223,165 @@ def evaluate(eval_step, params, source: PackedWindowSource, plan: Plan, mesh, ma
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
 
 
+class Evaluation:
+    """When the run evaluates (every train.eval_every steps and at the last), and doing it into the recorder."""
+
+    def __init__(self, run: Setup, layout: StateLayout, recorder: Recorder):
+        self.run, self.recorder = run, recorder
+        self.eval_fn = train_step.make_eval_step(layout) if run.val_src is not None else None
+
+    def due(self, step: int) -> bool:
+        every = self.run.cfg.train.eval_every
+        return self.eval_fn is not None and (step % every == 0 or step == self.run.plan.num_steps)
+
+    def __call__(self, step: int, params) -> None:
+        r = self.run
+        self.recorder.eval(step, evaluate(self.eval_fn, params, r.val_src, r.plan, r.mesh, r.cfg.train.eval_steps))
+
+    def missed(self, start_step: int) -> bool:
+        """Whether the resumed run must first do the evaluation of its start step. A stop signal at an eval step saves
+        without evaluating, and a crash can land between a save and its evaluation: then metrics.jsonl (kept up to the
+        resume step) lacks that eval."""
+        missed = self.due(start_step) and start_step > 0 and start_step not in self.recorder.metrics.eval_steps
+        if jax.process_count() > 1:  # only process 0 reads metrics.jsonl, and every process takes part in an eval
+            missed = bool(multihost_utils.broadcast_one_to_all(np.array(missed)))
+        return missed
+
+
+def restore_or_init(run: Setup, layout: StateLayout, ckpt: checkpoint.Checkpointer) -> TrainState:
+    """The newest checkpoint's state, after checking that it continues this run exactly; else a fresh one."""
+    start_step = ckpt.latest_step()
+    if not start_step:
+        return layout.init(run.cfg.train.seed)
+    saved_config, saved_stream = ckpt.restore_json(start_step)
+    check_resumable(saved_config, saved_stream, run.cfg, run.stream, ckpt.directory, start_step)
+    return ckpt.restore(layout, start_step)
+
+
+def write_run_record(run: Setup) -> dict:
+    """DIR/config.json: the resolved config and what was derived from it; returned for W&B."""
+    derived = {
+        **dataclasses.asdict(run.plan),
+        "num_params": run.num_params,
+        "mesh": dict(run.mesh.shape),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "device_kind": jax.devices()[0].device_kind,
+    }
+    resolved = {"config": run.cfg.to_dict(), "derived": derived}
+    if is_lead():
+        with atomic_output(os.path.join(run.workdir, "config.json")) as tmp, open(tmp, "w") as f:
+            json.dump(resolved, f, indent=2)
+    return resolved
+
+
+def print_banner(run: Setup, start_step: int) -> None:
+    if not is_lead():
+        return
+    plan, cfg, mesh = run.plan, run.cfg, run.mesh
+    warmup = optim.warmup_steps(run.step_cfg.optim, plan.num_steps)
+    capped = f" (optim.warmup_steps={cfg.optim.warmup_steps}, capped at 10% of the {plan.num_steps}-step run)"
+    print(
+        f"jaxgpt: {run.num_params:,} parameters | mesh {dict(mesh.shape)} over {jax.device_count()} "
+        f"{jax.devices()[0].device_kind} device(s), {jax.process_count()} process(es)\n"
+        f"        {plan.global_batch} seqs x {cfg.data.seq_len} tokens = {plan.tokens_per_step:,} tokens/step | "
+        f"{plan.num_steps} steps planned ({plan.steps_per_epoch} per epoch)"
+        + (f", resuming at step {start_step}" if start_step else "")
+        + (f", stopping after step {run.end_step}" if run.end_step < plan.num_steps else "")
+        + f"\n        warmup: {warmup} steps"
+        + (capped if warmup < cfg.optim.warmup_steps else ""),
+        flush=True,
+    )
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
     """Trains (or resumes) in `workdir`; returns the last train and eval events."""
-    if stop_after is not None and stop_after < 1:
-        raise ValueError(f"--stop_after={stop_after} must be >= 1 (leave it out to train to train.num_steps)")
-    workdir = os.path.abspath(workdir)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    # Every read is checked against the vocabulary: ids from another tokenizer must fail here, not as a NaN loss.
-    vocab_size = cfg.model.vocab_size
-    train_src = PackedWindowSource(split_paths(cfg.data.train_path, "data.train_path"), cfg.data.seq_len, vocab_size)
-    val_src = None
-    if cfg.data.val_path:
-        val_src = PackedWindowSource(split_paths(cfg.data.val_path, "data.val_path"), cfg.data.seq_len, vocab_size)
-    plan = make_plan(cfg, mesh, train_src)
-    if val_src is not None:
-        # Read the windows evaluation will read now (all, or the first train.eval_steps batches), so that a bad id
-        # fails before step 1 and not at the first evaluation. Training data is checked batch by batch as it is read.
-        num_read = (
-            len(val_src) if not cfg.train.eval_steps else min(len(val_src), cfg.train.eval_steps * plan.eval_batch)
-        )
-        for first in range(0, num_read, 4096):
-            val_src.read_windows(np.arange(first, min(first + 4096, num_read)))
-    step_cfg = train_step.StepConfig.from_config(cfg, plan.num_steps)
-    num_params = model.count_params(step_cfg.model)
-    flops_per_token = model.flops_per_token(step_cfg.model, cfg.data.seq_len)
-    peak_flops = model.total_peak_flops(resolve_peak_flops(cfg), jax.devices())
-    # What a resume must match beyond the config: the derived batch and step counts, and the data itself, as each
-    # file's name and size (not its path or mtime: the same files copied elsewhere are the same data). With data.seed
-    # these fix the batch order (batches.py), and num_steps the lr schedule.
-    stream = {
-        "global_batch_size": plan.global_batch,
-        "num_windows": len(train_src),
-        "num_steps": plan.num_steps,
-        "train_files": [f"{os.path.basename(p)} ({os.path.getsize(p)} bytes)" for p in train_src.paths],
-    }
-    end_step = plan.num_steps if stop_after is None else min(plan.num_steps, stop_after)
-
+    r = setup(cfg, workdir, stop_after)
     try:
-        os.makedirs(workdir, exist_ok=True)
+        os.makedirs(r.workdir, exist_ok=True)
     except OSError as e:  # a file in the way, or no permission
-        raise ValueError(f"--workdir={workdir}: cannot be used as the run directory ({e})") from e
+        raise ValueError(f"--workdir={r.workdir}: cannot be used as the run directory ({e})") from e
     with contextlib.ExitStack() as cleanup:  # closes what was opened, last first, however the run ends
         # First in, last out: the signal handlers stay in place until the final checkpoint is on disk, so a second
         # SIGTERM during that save (a scheduler repeating itself) does not kill the process mid-write.
         stop = StopSignal()
         cleanup.callback(stop.restore)
-        ckpt = checkpoint.Checkpointer(
-            checkpoint.checkpoint_dir(workdir), every=cfg.checkpoint.every, keep=cfg.checkpoint.keep
-        )
+        ckpt_dir = checkpoint.checkpoint_dir(r.workdir)
+        ckpt = checkpoint.Checkpointer(ckpt_dir, every=cfg.checkpoint.every, keep=cfg.checkpoint.keep)
         cleanup.callback(ckpt.close)
         cleanup.callback(ckpt.wait)  # runs before close: the last save is durable on disk
-        start_step = ckpt.latest_step() or 0
-        if start_step:
-            saved_config, saved_stream = ckpt.restore_json(start_step)
-            check_resumable(saved_config, saved_stream, cfg, stream, ckpt.directory, start_step)
-            graphdef, abstract = train_step.abstract_train_state(step_cfg, mesh)
-            state = ckpt.restore(abstract, start_step)
-        else:
-            graphdef, state = train_step.create_train_state(step_cfg, mesh, cfg.train.seed)
-
-        resolved = {
-            "config": cfg.to_dict(),
-            "derived": {
-                **dataclasses.asdict(plan),
-                "num_params": num_params,
-                "mesh": dict(mesh.shape),
-                "devices": jax.device_count(),
-                "processes": jax.process_count(),
-                "device_kind": jax.devices()[0].device_kind,
-            },
-        }
-        if is_lead():  # only now: a refused resume must not overwrite the record of the run that made the checkpoints
-            path = os.path.join(workdir, "config.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(resolved, f, indent=2)
-            os.replace(path + ".tmp", path)  # never a half-written config.json
-
-        if is_lead():
-            warmup = optim.warmup_steps(step_cfg.optim, plan.num_steps)
-            capped = f" (optim.warmup_steps={cfg.optim.warmup_steps}, capped at 10% of the {plan.num_steps}-step run)"
-            print(
-                f"jaxgpt: {num_params:,} parameters | mesh {dict(mesh.shape)} over {jax.device_count()} "
-                f"{jax.devices()[0].device_kind} device(s), {jax.process_count()} process(es)\n"
-                f"        {plan.global_batch} seqs x {cfg.data.seq_len} tokens = {plan.tokens_per_step:,} tokens/step | "
-                f"{plan.num_steps} steps planned ({plan.steps_per_epoch} per epoch)"
-                + (f", resuming at step {start_step}" if start_step else "")
-                + (f", stopping after step {end_step}" if end_step < plan.num_steps else "")
-                + f"\n        warmup: {warmup} steps"
-                + (capped if warmup < cfg.optim.warmup_steps else ""),
-                flush=True,
-            )
-
-        step_fn = train_step.make_train_step(step_cfg, graphdef, mesh)
-        eval_fn = train_step.make_eval_step(step_cfg, graphdef, mesh) if val_src is not None else None
-        metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
-        cleanup.callback(metrics_log.close)
-        wandb_log = Wandb(cfg, workdir, resolved)
-        cleanup.callback(wandb_log.close)
-        bar = tqdm(total=plan.num_steps, initial=start_step, disable=not is_lead(), unit="step", dynamic_ncols=True)
-        cleanup.callback(bar.close)
-        last = {"train": None, "eval": None}
-        timer = {"time": time.perf_counter(), "step": start_step}
-
-        def emit(event: dict) -> None:
-            metrics_log.write(event)
-            wandb_log.log(event)
-
-        def record(done: int, metrics: dict) -> None:
-            """Reads a finished step's metrics (blocking only on that step), stops on non-finite values, logs."""
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-                # Step `done` measured the parameters saved as step done - 1; a checkpoint is known good once the step
-                # after it was finite, so the newest known good one is at most done - 2.
-                ckpt.wait()  # a save still in flight counts
-                good = max((s for s in ckpt.all_steps() if s <= done - 2), default=None)
-                raise TrainingStopped(
-                    f"step {done}: loss={m['loss']} grad_norm={m['grad_norm']} is not finite; stopping. These are the "
-                    f"metrics of the parameters after step {done - 1}; "
-                    + (
-                        f"the newest checkpoint known good (its next step's loss was finite) is step {good} in "
-                        f"{ckpt.directory}."
-                        if good is not None
-                        else "no checkpoint is known good."
-                    )
-                )
-            bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
-            if done % cfg.train.log_every == 0 or done == end_step:
-                now = time.perf_counter()
-                tokens_per_s = (done - timer["step"]) * plan.tokens_per_step / max(now - timer["time"], 1e-9)
-                timer.update(time=now, step=done)
-                event = {
-                    "event": "train",
-                    "step": done,
-                    **m,
-                    "tokens_per_s": tokens_per_s,
-                    "mfu": tokens_per_s * flops_per_token / peak_flops,
-                    "time": time.time(),
-                }
-                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-                emit(event)
-                last["train"] = event
-
-        def is_eval_step(step: int) -> bool:
-            return eval_fn is not None and (step % cfg.train.eval_every == 0 or step == plan.num_steps)
-
-        def run_eval(done: int, params) -> None:
-            scores = evaluate(eval_fn, params, val_src, plan, mesh, cfg.train.eval_steps)
-            event = {"event": "eval", "step": done, **scores}
-            bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}")
-            emit(event)
-            last["eval"] = event
-            timer.update(time=time.perf_counter(), step=done)  # evaluation time is not training throughput
-
-        # A stop signal at an eval step saves without evaluating, and a crash can land between a save and its
-        # evaluation: then metrics.jsonl (kept up to the resume step) lacks that eval, and the resumed run does it first.
-        missed_eval = is_eval_step(start_step) and start_step > 0 and start_step not in metrics_log.eval_steps
-        if jax.process_count() > 1:  # only process 0 reads metrics.jsonl, and every process takes part in an eval
-            missed_eval = bool(multihost_utils.broadcast_one_to_all(np.array(missed_eval)))
-        if missed_eval:
-            run_eval(start_step, state.params)
-
-        train_iter = batches.train_batches(
-            train_src,
-            global_batch_size=plan.global_batch,
+        layout = StateLayout.build(r.step_cfg, r.mesh)  # the one layout: steps, checkpoints and init share it
+        state = restore_or_init(r, layout, ckpt)
+        start_step = int(jax.device_get(state.step))
+        # Only now: a refused resume must not overwrite the record of the run that made the checkpoints.
+        resolved = write_run_record(r)
+        print_banner(r, start_step)
+        step_fn = train_step.make_train_step(layout)
+        recorder = cleanup.enter_context(Recorder(r, resolved, start_step, ckpt))
+        evaluation = Evaluation(r, layout, recorder)
+        if evaluation.missed(start_step):
+            evaluation(start_step, state.params)
+        batches = pipeline.train_batches(
+            r.train_src,
+            global_batch_size=r.plan.global_batch,
             seed=cfg.data.seed,
-            sharding=sharding.batch_sharding(mesh),
+            sharding=sharding.batch_sharding(r.mesh),
             start_step=start_step,
             prefetch=cfg.data.prefetch,
         )
-        cleanup.callback(train_iter.close)
-        pending = None  # (step, metrics) dispatched but not yet read
-        for done in range(start_step + 1, end_step + 1):
-            state, metrics = step_fn(state, next(train_iter))
-            if pending is not None:
-                record(*pending)
-            pending = (done, metrics)
-            bar.update(1)
-            signalled = stop.agreed()
-            stopping = signalled or done == end_step
-            saving = stopping or ckpt.should_save(done)
-            # On a stop signal: save at once, no evaluation (a full validation pass could outlast the grace period);
-            # the resumed run evaluates first (missed_eval above).
-            evaluating = is_eval_step(done) and not signalled
-            if evaluating or saving:
-                record(*pending)  # after a non-finite loss, neither save nor evaluate
-                pending = None
-            # Save before evaluating: the save goes on in the background meanwhile, and a failed evaluation keeps it.
-            if saving:
-                ckpt.save(state, data={**stream, "step": done}, config=cfg.to_dict())
-            if evaluating:
-                run_eval(done, state.params)
-            if stopping:
-                break
+        cleanup.callback(batches.close)
+        train_loop(r, state, step_fn, batches, ckpt, recorder, evaluation, stop, start_step)
+    return recorder.last
+
+
+def train_loop(r: Setup, state, step_fn, batches, ckpt, recorder: Recorder, evaluation: Evaluation,
+               stop: StopSignal, start_step: int) -> None:  # fmt: skip
+    """Steps start_step + 1 .. r.end_step. Metrics are read one step late, so the host never stalls the device,
+    except at a step that saves or evaluates: after a non-finite loss nothing more is saved or evaluated."""
+    pending = None  # (step, metrics) dispatched but not yet read
+    for done in range(start_step + 1, r.end_step + 1):
+        state, metrics = step_fn(state, next(batches))
         if pending is not None:
-            record(*pending)
-    return last
+            recorder.train(*pending)
+        pending = (done, metrics)
+        recorder.bar.update(1)
+        signalled = stop.agreed()
+        stopping = signalled or done == r.end_step
+        saving = stopping or ckpt.should_save(done)
+        # On a stop signal: save at once, no evaluation (a full validation pass could outlast the grace period);
+        # the resumed run evaluates first (Evaluation.missed).
+        evaluating = evaluation.due(done) and not signalled
+        if evaluating or saving:
+            recorder.train(*pending)  # after a non-finite loss, neither save nor evaluate
+            pending = None
+        # Save before evaluating: the save goes on in the background meanwhile, and a failed evaluation keeps it.
+        if saving:
+            ckpt.save(state, data={**r.stream, "step": done}, config=r.cfg.to_dict())
+        if evaluating:
+            evaluation(done, state.params)
+        if stopping:
+            break
+    if pending is not None:
+        recorder.train(*pending)
 
 
 def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, directory: str, step: int) -> None:
     """Refuses to resume under settings that would not continue the run exactly (or not fit its arrays): every config
-    key but RESUMABLE_CHANGES, and every value of `stream`, must equal the checkpoint's."""
+    key but RESUMABLE_CHANGES, and every value of `stream`, must equal the checkpoint's. Knobs the checkpoint predates
+    compare as their defaults; a knob of a newer jaxgpt is refused."""
     # A checkpoint of an older jaxgpt may lack a record that `stream` has now (train_files): say so, compare the rest.
     unrecorded = [k for k in stream if k not in saved_stream]
     if unrecorded:
         warnings.warn(f"{directory}: step {step} holds no record of {unrecorded} (an older jaxgpt); not compared")
     stream = {k: v for k, v in stream.items() if k in saved_stream}
+    try:
+        saved_config = config.complete(saved_config, f"{directory}/{step}").to_dict()
+    except ValueError as e:
+        raise checkpoint.CheckpointError(str(e)) from None
+    now_config = config.complete(cfg.to_dict(), "the run's config").to_dict()  # a config file may predate a knob too
     # Through JSON, as the checkpoint stored the config (tuples become lists).
-    saved = {**flatten(saved_config), **{k: saved_stream[k] for k in stream}}
-    now = {**flatten(json.loads(json.dumps(cfg.to_dict()))), **stream}
+    saved = {**flatten(json.loads(json.dumps(saved_config))), **{k: saved_stream[k] for k in stream}}
+    now = {**flatten(json.loads(json.dumps(now_config))), **stream}
     keys = sorted((saved.keys() | now.keys()) - RESUMABLE_CHANGES)
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
     if diffs:
@@ -497,25 +389,6 @@ def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, d
             f"{directory}: step {step} was written by a run with other settings, so resuming would not continue it "
             f"exactly ({'; '.join(diffs)}). Use a new --workdir, or restore the original settings."
         )
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"z_loss": 0.0}} -> {"train.z_loss": 0.0}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Calls `get_config()` of a config file, as `--config=path` does (for tests and notebooks)."""
-    spec = importlib.util.spec_from_file_location("_jaxgpt_config", os.fspath(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def check_overrides(argv: list[str]) -> None:

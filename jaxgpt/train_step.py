@@ -2,158 +2,27 @@
 
 Mixed precision: params and optimizer state float32, matmuls in the compute dtype, logits and loss float32.
 The global batch [G, T] is split into grad_accum micro batches that lax.scan visits; each device only ever reads
-its own rows (see `_split_micro`).
+its own rows (see `_split_micro`). Both steps take the run's one StateLayout (state.py) for their shardings.
 """
 
-import dataclasses
 import functools
-import math
 import warnings
 from typing import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 
-from jaxgpt.loss import check_chunks, lm_loss, token_losses
-from jaxgpt.model import ATTENTION, GPT, ModelConfig
-from jaxgpt.optim import OptimConfig, lr_schedule, make_optimizer
-from jaxgpt.sharding import LOGICAL_AXIS_RULES, batch_sharding, constrain, logical_spec
-
-_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
-_REMAT = ("none", "full", "dots")
+from jaxgpt.model.loss import lm_loss, token_losses
+from jaxgpt.optim import lr_schedule, make_optimizer
+from jaxgpt.sharding import batch_sharding, constrain, logical_spec
+from jaxgpt.state import StateLayout, TrainState
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    model: ModelConfig
-    optim: OptimConfig
-    num_steps: int  # total optimizer steps (for the lr schedule)
-    grad_accum: int
-    compute_dtype: str  # "bfloat16" | "float32"
-    remat: str  # "none" | "full" | "dots"
-    z_loss: float
-    loss_chunks: int  # pieces of T the fused vocab projection + cross-entropy walks through (jaxgpt/loss.py)
-    attention: str  # "auto" | "xla" | "cudnn": implementation of jax.nn.dot_product_attention
-
-    def __post_init__(self):
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"train.num_steps={self.num_steps!r} must be a positive int")
-        if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum={self.grad_accum!r} must be a positive int")
-        if self.compute_dtype not in _DTYPES:
-            raise ValueError(f"train.compute_dtype={self.compute_dtype!r} must be one of {tuple(_DTYPES)}")
-        if self.remat not in _REMAT:
-            raise ValueError(f"train.remat={self.remat!r} must be one of {_REMAT}")
-        if not self.z_loss >= 0.0:
-            raise ValueError(f"train.z_loss={self.z_loss!r} must be >= 0")
-        check_chunks(self.model.seq_len, self.loss_chunks)
-        if self.attention not in ATTENTION:
-            raise ValueError(f"train.attention={self.attention!r} must be one of {ATTENTION}")
-
-    @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict, num_steps: int) -> "StepConfig":
-        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch)."""
-        t = cfg.train
-        return cls(
-            model=ModelConfig.from_config(cfg),
-            optim=OptimConfig.from_config(cfg),
-            num_steps=num_steps,
-            grad_accum=t.grad_accum,
-            compute_dtype=t.compute_dtype,
-            remat=t.remat,
-            z_loss=float(t.z_loss),
-            loss_chunks=t.loss_chunks,
-            attention=t.attention,
-        )
-
-    @property
-    def dtype(self):
-        return _DTYPES[self.compute_dtype]
-
-
-class TrainState(flax.struct.PyTreeNode):
-    step: jax.Array  # int32 scalar: optimizer steps taken
-    params: nnx.State  # the model's nnx.Param state, float32
-    opt_state: optax.OptState
-    rng: jax.Array  # uint32[2] raw PRNG key for dropout; each step folds in `step`
-
-
-def _model(cfg: StepConfig, rngs: nnx.Rngs, platform: str) -> GPT:
-    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention, platform=platform)
-
-
-def _init(cfg: StepConfig, seed: int, platform: str) -> TrainState:
-    model = _model(cfg, nnx.Rngs(params=seed), platform)
-    params = nnx.state(model, nnx.Param)
-    opt_state = make_optimizer(cfg.optim, cfg.num_steps).init(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=jax.random.PRNGKey(seed))
-
-
-def _platform(mesh) -> str:
-    return mesh.devices.flat[0].platform
-
-
-def _state_shardings(abstract_state, mesh):
-    """NamedSharding per leaf from each Variable's logical axis names (Adam moments inherit their param's names)."""
-    with nnx.logical_axis_rules(LOGICAL_AXIS_RULES):
-        specs = nnx.get_partition_spec(abstract_state)
-    return jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), specs)
-
-
-def abstract_train_state(cfg: StepConfig, mesh) -> tuple[nnx.GraphDef, TrainState]:
-    """The state's structure as jax.ShapeDtypeStruct leaves carrying their sharding on `mesh`; allocates nothing."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: _model(cfg, nnx.Rngs(params=0), _platform(mesh))))
-    shapes = jax.eval_shape(lambda: _init(cfg, 0, _platform(mesh)))
-    shardings = _state_shardings(shapes, mesh)
-    jax.tree.map_with_path(_check_divisible, shapes, shardings)
-    _check_heads(cfg.model, mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-    return graphdef, abstract
-
-
-def _check_divisible(path, leaf: jax.ShapeDtypeStruct, sharding: jax.sharding.NamedSharding) -> None:
-    """A clear error instead of JAX's when a mesh axis does not divide the dimension it shards."""
-    for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        shards = math.prod(sharding.mesh.shape[a] for a in axes)
-        if size % shards:
-            mesh_sizes = ", ".join(f"mesh.{a}={sharding.mesh.shape[a]}" for a in axes)
-            raise ValueError(
-                f"{jax.tree_util.keystr(path, simple=True, separator='.').removesuffix('.value')} has size {size} in"
-                f" dim {dim}, which {mesh_sizes} does not divide; pick mesh sizes that divide the model's heads, widths"
-                " and vocab"
-            )
-
-
-def _check_heads(model: ModelConfig, mesh) -> None:
-    """q/k/v activations are split by head: a head count the tensor axis does not divide passes the weight check
-    (H * K may still divide) but makes GSPMD replicate q, k and v in every layer, silently."""
-    tensor = mesh.shape["tensor"]
-    for key, heads in (("model.n_head_q", model.n_head_q), ("model.n_head_kv", model.n_head_kv)):
-        if heads % tensor:
-            raise ValueError(f"{key}={heads} is not divisible by mesh.tensor={tensor}, which splits attention heads")
-
-
-def create_train_state(cfg: StepConfig, mesh, seed: int) -> tuple[nnx.GraphDef, TrainState]:
-    """Fresh state, initialised directly into its shards (never whole on one device)."""
-    graphdef, abstract = abstract_train_state(cfg, mesh)
-    shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    state = jax.jit(lambda: _init(cfg, seed, _platform(mesh)), out_shardings=shardings)()
-    return graphdef, state
-
-
-def merge_model(graphdef: nnx.GraphDef, params: nnx.State) -> GPT:
-    """The GPT module holding these params (generation, notebooks)."""
-    return nnx.merge(graphdef, params)
-
-
-def _hidden(graphdef, params, inputs_BxT, dropout_key) -> tuple[jax.Array, jax.Array]:
+def _hidden(layout: StateLayout, params, inputs_BxT, dropout_key) -> tuple[jax.Array, jax.Array]:
     """Final hidden states [B, T, D] (compute dtype) and the float32 vocab projection [V, D]."""
-    model = nnx.merge(graphdef, params)
+    model = layout.model(params)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
     h_BxTxD = model.hidden(inputs_BxT, deterministic=dropout_key is None, rngs=rngs)
     return h_BxTxD, model.head_weight()
@@ -188,15 +57,16 @@ def compiler_options(platform: str) -> dict | None:
     return dict(_CPU_COMPILER_OPTIONS)
 
 
-def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(layout: StateLayout) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """(state, {"inputs", "targets": int32[G, T]}) -> (new state, {"loss", "grad_norm", "lr"}); donates the state."""
+    cfg, mesh = layout.cfg, layout.mesh
     tx = make_optimizer(cfg.optim, cfg.num_steps)
     schedule = lr_schedule(cfg.optim, cfg.num_steps)
     accum = cfg.grad_accum
     use_dropout = cfg.model.dropout > 0.0
 
     def loss_fn(params, inputs_BxT, targets_BxT, key):
-        h_BxTxD, w_VxD = _hidden(graphdef, params, inputs_BxT, key)
+        h_BxTxD, w_VxD = _hidden(layout, params, inputs_BxT, key)
         return lm_loss(h_BxTxD, w_VxD, targets_BxT, cfg.z_loss, cfg.loss_chunks)  # (loss, ce)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -227,8 +97,7 @@ def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, di
             metrics = {"loss": ce_sum / accum, "grad_norm": grad_norm, "lr": schedule(state.step)}
         return new_state, metrics
 
-    _, abstract = abstract_train_state(cfg, mesh)
-    state_sh = jax.tree.map(lambda x: x.sharding, abstract)
+    state_sh = layout.shardings
     batch_sh = {"inputs": batch_sharding(mesh), "targets": batch_sharding(mesh)}
     scalar = jax.sharding.NamedSharding(mesh, logical_spec())
     metrics_sh = {"loss": scalar, "grad_norm": scalar, "lr": scalar}
@@ -237,22 +106,22 @@ def make_train_step(cfg: StepConfig, graphdef, mesh) -> Callable[[TrainState, di
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, metrics_sh),
         donate_argnums=0,
-        compiler_options=compiler_options(_platform(mesh)),
+        compiler_options=compiler_options(layout.platform),
     )
 
 
-def make_eval_step(cfg: StepConfig, graphdef, mesh) -> Callable[[nnx.State, dict], dict]:
+def make_eval_step(layout: StateLayout) -> Callable[[nnx.State, dict], dict]:
     """(params, {"inputs", "targets": int32[G, T], "mask": float32[G, T]}) -> {"loss_sum", "num_tokens"}."""
+    cfg, mesh = layout.cfg, layout.mesh
 
     def eval_step(params: nnx.State, batch: dict) -> dict:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            h_GxTxD, w_VxD = _hidden(graphdef, params, batch["inputs"], None)
+            h_GxTxD, w_VxD = _hidden(layout, params, batch["inputs"], None)
             ce_GxT, _ = token_losses(h_GxTxD, w_VxD, batch["targets"], cfg.loss_chunks)
             mask_GxT = batch["mask"].astype(jnp.float32)
             return {"loss_sum": jnp.sum(ce_GxT * mask_GxT), "num_tokens": jnp.sum(mask_GxT)}
 
-    _, abstract = abstract_train_state(cfg, mesh)
-    params_sh = jax.tree.map(lambda x: x.sharding, abstract.params)
+    params_sh = layout.shardings.params
     tokens = batch_sharding(mesh)
     scalar = jax.sharding.NamedSharding(mesh, logical_spec())
     batch_sh = {"inputs": tokens, "targets": tokens, "mask": tokens}
@@ -261,5 +130,5 @@ def make_eval_step(cfg: StepConfig, graphdef, mesh) -> Callable[[nnx.State, dict
         eval_step,
         in_shardings=(params_sh, batch_sh),
         out_shardings=out_sh,
-        compiler_options=compiler_options(_platform(mesh)),
+        compiler_options=compiler_options(layout.platform),
     )

@@ -11,8 +11,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from conftest import TEST_DATA
-from jaxgpt import batches
-from jaxgpt.batches import (
+from jaxgpt.data import pipeline as batches
+from jaxgpt.data.pipeline import (
     eval_batches,
     host_eval_dataset,
     host_rows,
@@ -21,7 +21,7 @@ from jaxgpt.batches import (
     steps_per_epoch,
     train_batches,
 )
-from jaxgpt.source import PackedWindowSource
+from jaxgpt.data.source import PackedWindowSource
 
 S = 4  # sequence length of the synthetic source
 N = 37  # windows in the synthetic source: tokens 0..4N, so window i starts with token i*S

@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import REPO
 from jaxgpt.model import GPT, ModelConfig, count_params
-from jaxgpt.train_step import StepConfig
+from jaxgpt.state import StepConfig
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
 PARAMS = {"base.py": 59_855_872, "gpt60m.py": 59_855_872, "tiny.py": 3_342_976}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.loss import lm_loss, token_losses
+from jaxgpt.model.loss import lm_loss, token_losses
 from jaxgpt.sharding import make_mesh
 from jaxgpt.train_step import compiler_options
 

@@ -12,18 +12,10 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
-from jaxgpt.model import (
-    GPT,
-    Linear,
-    ModelConfig,
-    attention_implementation,
-    causal_attention,
-    query_block,
-    count_params,
-    flops_per_token,
-    peak_flops,
-)
-from jaxgpt.loss import lm_loss
+from jaxgpt.model import GPT, ModelConfig, count_params, flops_per_token, peak_flops
+from jaxgpt.model.attention import attention_implementation, causal_attention, query_block
+from jaxgpt.model.layers import Linear
+from jaxgpt.model.loss import lm_loss
 from jaxgpt.train_step import compiler_options
 
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"

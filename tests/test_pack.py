@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import RAW, REPO, TEST_DATA, TOKENIZER
 
-from jaxgpt.packing import JsonlError, create_index, index_jsonl, pack_jsonl
-from jaxgpt.pbin import PackedDataError, read_pbin, write_idx
-from jaxgpt.tokenize import load_tokenizer
+from jaxgpt.data.index import JsonlError, create_index, index_jsonl
+from jaxgpt.data.pack import pack_jsonl
+from jaxgpt.data.pbin import PackedDataError, read_pbin, write_idx
+from jaxgpt.data.tokenize import load_tokenizer
 
 CORPORA = [
     (TEST_DATA / "lorem_ipsum.jsonl", ".text", "lorem_ipsum"),
@@ -301,9 +302,9 @@ def test_num_processes_below_one_is_refused(tmp_path):
 # with SIGKILL (as the out-of-memory killer would); a document "WAIT" prints "ready" and blocks.
 _HOOKED_PACK = """
 import os, signal, sys, time
-from jaxgpt import tokenize
-from jaxgpt.cli import clean_errors
-from jaxgpt.packing import pack_jsonl
+from jaxgpt.data import tokenize
+from jaxgpt.data.cli import clean_errors
+from jaxgpt.data.pack import pack_jsonl
 
 def encode_batch(self, texts, _encode_batch=tokenize.Tokenizer.encode_batch):
     if "DIE" in texts:

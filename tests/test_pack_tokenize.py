@@ -9,8 +9,8 @@ import pytest
 import tokenizers
 from conftest import RAW, TEST_DATA, TOKENIZER
 
-from jaxgpt.pbin import PackedDataError, read_pbin
-from jaxgpt.tokenize import (
+from jaxgpt.data.pbin import PackedDataError, read_pbin
+from jaxgpt.data.tokenize import (
     NOT_VETTED,
     PROBE_TEXT,
     VETTED_VOCABULARIES,

@@ -12,19 +12,18 @@ import numpy as np
 import pytest
 from conftest import TEST_DATA
 
-from jaxgpt.pbin import (
+from jaxgpt.data.atomic import atomic_output
+from jaxgpt.data.pbin import (
     HEADER_BYTES,
     PackedDataError,
-    atomic_output,
-    load_pairs,
     merge_pbin,
     read_header,
     read_idx,
     read_idx_array,
     read_pbin,
     token_width,
-    write_pairs,
 )
+from jaxgpt.data.pickles import load_pairs, write_pairs
 
 GOLDEN = ["lorem_ipsum", "lorem_ipsum_long", "redpajama_v2_samples_512_train", "redpajama_v2_samples_512_test"]
 

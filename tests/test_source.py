@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TEST_DATA
-from jaxgpt.pbin import PackedDataError, read_pbin
-from jaxgpt.source import PackedWindowSource
+from jaxgpt.data.pbin import PackedDataError, read_pbin
+from jaxgpt.data.source import PackedWindowSource
 
 REDPAJAMA_TRAIN = TEST_DATA / "redpajama_v2_samples_512_train.pbin"
 REDPAJAMA_TEST = TEST_DATA / "redpajama_v2_samples_512_test.pbin"

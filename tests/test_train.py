@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TEST_DATA
-from jaxgpt import checkpoint, pbin, train
-from jaxgpt.pbin import PackedDataError
+from jaxgpt import checkpoint, train
+from jaxgpt.data import pbin
+from jaxgpt.data.pbin import PackedDataError
 
 TRAIN_PBIN = str(TEST_DATA / "redpajama_v2_samples_512_train.pbin")
 VAL_PBIN = str(TEST_DATA / "redpajama_v2_samples_512_test.pbin")

@@ -14,16 +14,8 @@ from jaxgpt import train_step
 from jaxgpt.model import ModelConfig
 from jaxgpt.optim import OptimConfig, decay_mask, lr_schedule
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
-from jaxgpt.train_step import (
-    StepConfig,
-    _split_micro,
-    abstract_train_state,
-    compiler_options,
-    create_train_state,
-    make_eval_step,
-    make_train_step,
-    merge_model,
-)
+from jaxgpt.state import StateLayout, StepConfig
+from jaxgpt.train_step import _split_micro, compiler_options, make_eval_step, make_train_step
 
 MODEL = ModelConfig(
     vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=128, mlp="swiglu", pos_emb="rope",
@@ -53,13 +45,13 @@ def _batch(mesh, G=8, T=16, seed=0, V=256):
 
 @functools.lru_cache(maxsize=None)
 def _setup(cfg: StepConfig, mesh):
-    """(graphdef, seed-0 state as numpy, jitted step), compiled once per (config, mesh) for the whole module."""
-    graphdef, state = create_train_state(cfg, mesh, seed=0)
-    return graphdef, jax.tree.map(np.asarray, state), make_train_step(cfg, graphdef, mesh)
+    """(state layout, seed-0 state as numpy, jitted step), compiled once per (config, mesh) for the whole module."""
+    layout = StateLayout.build(cfg, mesh)
+    return layout, jax.tree.map(np.asarray, layout.init(0)), make_train_step(layout)
 
 
 def _put(state_np, cfg: StepConfig, mesh):
-    _, abstract = abstract_train_state(cfg, mesh)
+    abstract = StateLayout.build(cfg, mesh).abstract
     return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), state_np, abstract)
 
 
@@ -99,8 +91,8 @@ def test_sharded_step_equals_single_device():
 
 def test_state_is_created_sharded_and_matches_abstract():
     mesh = _mesh(2, 2, 2)
-    graphdef, state = create_train_state(STEP, mesh, seed=0)
-    _, abstract = abstract_train_state(STEP, mesh)
+    layout = StateLayout.build(STEP, mesh)
+    state, abstract = layout.init(0), layout.abstract
     assert jax.tree.structure(state) == jax.tree.structure(abstract)
     for x, a in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
         assert (x.shape, x.dtype) == (a.shape, a.dtype)
@@ -113,15 +105,15 @@ def test_state_is_created_sharded_and_matches_abstract():
     # the same values as a single-device init (partitionable threefry): the seed, not the mesh, decides
     _, single_np, _ = _setup(STEP, _mesh())
     np.testing.assert_array_equal(np.asarray(wte), single_np.params["wte"]["weight"])
-    model = merge_model(graphdef, state.params)
+    model = layout.model(state.params)
     assert model.h[0].attn.q_attn.kernel.shape == (32, 32)
 
 
 def test_the_model_takes_its_attention_from_the_mesh_platform(monkeypatch):
     """A CPU mesh gets the CPU attention (query blocks) also in a process whose default backend is a GPU."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    graphdef, abstract = abstract_train_state(STEP, _mesh())
-    attn = merge_model(graphdef, abstract.params).h[0].attn
+    layout = StateLayout.build(STEP, _mesh())
+    attn = layout.model(layout.abstract.params).h[0].attn
     assert (attn.implementation, attn.block) == ("xla", 128)
 
 
@@ -181,10 +173,10 @@ def test_dropout_is_keyed_by_step():
 
 def test_eval_step_masks_and_matches_train_loss():
     mesh = _mesh(2, 2, 2)
-    graphdef, state_np, _ = _setup(STEP, mesh)
+    layout, state_np, _ = _setup(STEP, mesh)
     params = _put(state_np, STEP, mesh).params
     batch = _batch(mesh)
-    eval_step = make_eval_step(STEP, graphdef, mesh)
+    eval_step = make_eval_step(layout)
     full = eval_step(params, batch)
     assert float(full["num_tokens"]) == 8 * 16
     mask = np.ones((8, 16), np.float32)
@@ -225,7 +217,7 @@ def test_lr_schedule_warmup_cosine_and_cap():
 def test_decay_mask_spares_embeddings_norms_biases():
     mesh = _mesh()
     untied = dataclasses.replace(STEP, model=dataclasses.replace(MODEL, tie_embeddings=False, use_bias=True))
-    _, abstract = abstract_train_state(untied, mesh)
+    abstract = StateLayout.build(untied, mesh).abstract
     flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(decay_mask(abstract.params))[0]}
     decayed = {k for k, m in flat.items() if m}
     assert decayed and all("kernel" in k or "lm_head'" in k for k in decayed)
@@ -267,13 +259,13 @@ def test_a_mesh_axis_that_does_not_divide_a_weight_is_a_clear_error():
     with pytest.raises(
         ValueError, match=r"params\.h\.0\.attn\.c_proj\.kernel has size \d+ in dim 0, which mesh.tensor=3"
     ):
-        abstract_train_state(STEP, _mesh(tensor=3))
+        StateLayout.build(STEP, _mesh(tensor=3))
 
 
 def test_a_head_count_the_tensor_axis_does_not_divide_is_a_clear_error():
     # 2 kv heads x 8 = 16 kv columns: 4 tensor shards split the weights evenly, but not the heads
     with pytest.raises(ValueError, match=r"model\.n_head_kv=2 is not divisible by mesh\.tensor=4"):
-        abstract_train_state(STEP, _mesh(tensor=4))
+        StateLayout.build(STEP, _mesh(tensor=4))
 
 
 def test_the_loss_chunk_loop_holds_no_collective():
@@ -281,9 +273,9 @@ def test_the_loss_chunk_loop_holds_no_collective():
     crosses devices inside it and the V x D gradient is reduced once per micro batch, as without chunks."""
     cfg = dataclasses.replace(STEP, loss_chunks=4)
     mesh = _mesh(fsdp=8)
-    graphdef, state = create_train_state(cfg, mesh, seed=0)
+    layout = StateLayout.build(cfg, mesh)
     batch = _batch(mesh)
-    hlo = make_train_step(cfg, graphdef, mesh).lower(state, {k: batch[k] for k in ("inputs", "targets")})
+    hlo = make_train_step(layout).lower(layout.init(0), {k: batch[k] for k in ("inputs", "targets")})
     text = hlo.compile().as_text()
     chunk_loops = [
         re.search(r"body=%([\w.\-]+)", line).group(1)
@@ -307,9 +299,9 @@ def test_cpu_step_gives_ynnpack_single_dots_only():
     assert compiler_options("cpu") == train_step._CPU_COMPILER_OPTIONS
     assert compiler_options("gpu") is None
     mesh = _mesh()
-    graphdef, state = create_train_state(STEP, mesh, seed=0)
+    layout = StateLayout.build(STEP, mesh)
     batch = _batch(mesh)
-    text = make_train_step(STEP, graphdef, mesh).lower(state, {k: batch[k] for k in ("inputs", "targets")})
+    text = make_train_step(layout).lower(layout.init(0), {k: batch[k] for k in ("inputs", "targets")})
     text = text.compile().as_text()
     computations = {
         m.group(1): m.group(0) for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(?:.*\n)*?\}", text, re.MULTILINE)

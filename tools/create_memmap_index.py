@@ -5,8 +5,8 @@ python tools/create_memmap_index.py [--index_path OUT.idx] [--file_existence_pol
 
 import argparse
 
-from jaxgpt.cli import clean_errors
-from jaxgpt.packing import FILE_EXISTENCE_POLICIES, create_index
+from jaxgpt.data.cli import clean_errors
+from jaxgpt.data.index import FILE_EXISTENCE_POLICIES, create_index
 
 
 def main() -> None:

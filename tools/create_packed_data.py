@@ -7,8 +7,9 @@
 
 import argparse
 
-from jaxgpt.cli import clean_errors
-from jaxgpt.packing import FILE_EXISTENCE_POLICIES, pack_jsonl
+from jaxgpt.data.cli import clean_errors
+from jaxgpt.data.index import FILE_EXISTENCE_POLICIES
+from jaxgpt.data.pack import pack_jsonl
 
 
 def main() -> None:

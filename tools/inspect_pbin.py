@@ -8,8 +8,8 @@ Exit status 1 when the file is invalid, or when the document holds ids that the 
 import argparse
 import sys
 
-from jaxgpt.cli import clean_errors
-from jaxgpt.pbin import PackedDataError, inspect
+from jaxgpt.data.cli import clean_errors
+from jaxgpt.data.pbin import PackedDataError, inspect
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
         tokens = pf.document(doc)
         print(f"\n--- document {doc}: {len(tokens)} tokens, first ids {tokens[:12].tolist()}")
         if args.tokenizer_file:
-            from jaxgpt.tokenize import load_tokenizer
+            from jaxgpt.data.tokenize import load_tokenizer
 
             tokenizer = load_tokenizer(args.tokenizer_file)
             # An id beyond the vocabulary means the wrong tokenizer: tiktoken raises on it and HF decodes it to "".

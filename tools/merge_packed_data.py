@@ -8,9 +8,9 @@ A directory stands for every .pbin below it, in sorted path order. Inputs may us
 import argparse
 import pathlib
 
-from jaxgpt.cli import clean_errors
-from jaxgpt.packing import FILE_EXISTENCE_POLICIES, check_output
-from jaxgpt.pbin import merge_pbin
+from jaxgpt.data.cli import clean_errors
+from jaxgpt.data.index import FILE_EXISTENCE_POLICIES, check_output
+from jaxgpt.data.pbin import merge_pbin
 
 
 def main() -> None:

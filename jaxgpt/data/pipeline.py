@@ -15,6 +15,9 @@ Evaluation: one unshuffled pass over all N windows, ceil(N / G) batches; the las
 Pipeline per host: Grain MapDataset over steps -> this host's rows as numpy (one vectorised gather) -> global
 jax.Arrays (make_array_from_process_local_data), both done by one Grain prefetch thread that keeps `prefetch` batches
 ready ahead of the training loop.
+
+This is the only module of jaxgpt/data that imports jax or grain: everything upstream of it (the tools, the format,
+the windows) runs without them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax
 import numpy as np
 from grain.experimental import index_shuffle
 
-from jaxgpt.source import PackedWindowSource
+from jaxgpt.data.source import PackedWindowSource
 
 _MAX_STEPS = 2**62  # "infinite": Grain's MapDataset needs a length
 # Up to this many windows an epoch's permutation is materialised (4 bytes a window, 64 MiB and ~1 s at the limit):

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from jaxgpt.pbin import PackedDataError, token_width
+from jaxgpt.data.pbin import PackedDataError, token_width
 
 # The regex HF's ByteLevel pre-tokenizer uses when use_regex is true (GPT-2's).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

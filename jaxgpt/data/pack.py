@@ -1,12 +1,11 @@
-"""JSONL -> .idx -> .pbin, byte-identical to Modalities 0.5.0 for clean input, streaming, in parallel, and strict.
+"""Indexed JSONL -> .pbin, byte-identical to Modalities 0.5.0 for clean input, streaming, in parallel, and strict.
 
-    index_jsonl / create_index   one pass over the JSONL: (byte offset, byte length) per line, every line parsed as JSON
-    pack_jsonl                   the index's lines -> jq pattern -> tokenizer -> EOD-once -> .pbin, written in line order
+    pack_jsonl   the lines the .idx names -> jq pattern -> tokenizer (tokenize.py) -> EOD-once -> .pbin, in line order
 
-What Modalities does and jaxgpt keeps: lines split on b"\\n" only (a "\\r" stays in the line), a last line without
-"\\n" counts, a final "\\n" adds no line; text = the jq pattern's first result; ids as HF tokenizers gives them with
-default special-token handling; the EOD id appended only when the document's last token is not already EOD; token
-width from the base vocabulary size; pickles of lists of tuples, protocol 4.
+What Modalities does and jaxgpt keeps: the lines the .idx names, as index.py reads them; text = the jq pattern's first
+result; ids as HF tokenizers gives them with default special-token handling; the EOD id appended only when the
+document's last token is not already EOD; token width from the base vocabulary size; pickles of lists of tuples,
+protocol 4.
 
 Where jaxgpt diverges from Modalities on purpose:
 - A line Modalities cannot pack (jq yields null or a non-string, empty text, a token id too large for the width,
@@ -15,9 +14,7 @@ Where jaxgpt diverges from Modalities on purpose:
   `path:line: reason` and writes nothing, or with `skip_faulty_lines` skips exactly those lines and reports them.
 - Modalities maps an unknown EOD token to the unknown-token id (for GPT-2 that is <|endoftext|> itself), silently;
   jaxgpt refuses it.
-- The index refuses surrogates encoded as UTF-8 bytes (b"\\xed\\xa0\\x80"): Modalities' index lets them through
-  (json.loads decodes bytes with "surrogatepass") and its packer later drops the line (see above). Other invalid
-  UTF-8 both indexes refuse alike.
+- Surrogates encoded as UTF-8 bytes: see index.py, which refuses them where Modalities' index lets them through.
 - Outputs are written to a temporary file and renamed when complete, so `override` keeps the old file until the new
   one is whole, and a crash, Ctrl-C or SIGTERM leaves nothing partial. (Modalities' merge offsets: see
   `pbin.merge_pbin`.)
@@ -33,162 +30,35 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
+import functools
 import multiprocessing
 import os
 import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from jaxgpt.pbin import WIDTH_DTYPES, PackedDataError, PbinWriter, atomic_output, read_idx_array, write_idx
-from jaxgpt.tokenize import Tokenizer, load_tokenizer
-
-FILE_EXISTENCE_POLICIES = ("error", "skip", "override")
-
-
-class JsonlError(PackedDataError):
-    """A line of a JSONL file cannot be indexed or packed; the message is `path:line: reason`."""
-
-
-def check_output(dst: str, policy: str, inputs: list[str]) -> bool:
-    """Applies the file existence policy to `dst`; returns False when the work should be skipped."""
-    if policy not in FILE_EXISTENCE_POLICIES:
-        raise PackedDataError(f"file_existence_policy must be one of {FILE_EXISTENCE_POLICIES}, got {policy!r}")
-    for p in inputs:
-        if os.path.abspath(p) == os.path.abspath(dst):
-            raise PackedDataError(f"{dst}: the output path is also an input")
-    if os.path.isdir(dst):
-        raise PackedDataError(f"{dst}: the output path is a directory")
-    if not os.path.exists(dst):
-        return True
-    if policy == "error":
-        raise PackedDataError(f"{dst}: file exists (choose file_existence_policy skip or override, or delete it)")
-    if policy == "skip":
-        print(f"{dst}: file exists, skipping", file=sys.stderr)
-        return False
-    print(f"{dst}: file exists, it will be replaced when the new one is complete", file=sys.stderr)
-    return True
-
-
-def default_index_path(src: str | os.PathLike) -> str:
-    """Modalities' default: next to the JSONL, its stem + ".idx"."""
-    root, _ = os.path.splitext(os.fspath(src))
-    return root + ".idx"
-
-
-def default_pbin_path(src: str | os.PathLike) -> str:
-    root, _ = os.path.splitext(os.fspath(src))
-    return root + ".pbin"
-
-
-# ---------------------------------------------------------------------------------------------------------------- index
-
-
-def _json_fault(line: bytes) -> str | None:
-    """Why `line` is not a JSON document as Modalities' index accepts it (json.loads on the bytes), or None."""
-    if not line.strip():
-        return "empty line" if not line else "line holds only whitespace"
-    try:
-        json.loads(line)
-    except json.JSONDecodeError as e:
-        return f"invalid JSON: {e.msg} at column {e.colno}"
-    except (UnicodeDecodeError, ValueError) as e:
-        return f"invalid JSON: {e}"
-    except RecursionError:  # json.loads recurses once per "[" or "{"; Modalities' index refuses such lines too
-        return "invalid JSON: nesting too deep"
-    return None
-
-
-def _utf8_fault(line: bytes) -> str | None:
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return f"invalid UTF-8 at byte {e.start} of the line ({line[e.start : e.start + 4]!r})"
-    return None
-
-
-def _check_lines(src: str, lines: list[bytes], body: bytes, first_line_no: int) -> None:
-    """Raises JsonlError for the first line of `lines` (whose bytes `body` spans) that Modalities' index refuses."""
-    try:  # one C-speed UTF-8 check for the whole block; the rare failure is then located line by line
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        for k, line in enumerate(lines):
-            if (fault := _utf8_fault(line)) is not None:
-                raise JsonlError(f"{src}:{first_line_no + k}: {fault}") from None
-    loads = json.loads
-    for k, line in enumerate(lines):
-        try:
-            loads(line)
-        except Exception:  # noqa: BLE001 - diagnosed again below for a precise message
-            raise JsonlError(f"{src}:{first_line_no + k}: {_json_fault(line) or 'invalid JSON'}") from None
-
-
-def index_jsonl(src: str | os.PathLike, chunk_bytes: int = 16 << 20) -> np.ndarray:
-    """[num_lines, 2] int64 (byte offset, byte length without b"\\n") per line; raises JsonlError on the first bad line.
-
-    Lines are what Modalities' index sees: the file split on b"\\n", where a final b"\\n" adds no line and a last
-    line without one counts; every line must be JSON (json.loads on its bytes) and, here, also valid UTF-8.
-    """
-    src = os.fspath(src)
-    try:
-        f = open(src, "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise PackedDataError(f"{src}: no such JSONL file") from None
-    chunks: list[np.ndarray] = []
-    num_lines = 0
-    pos = 0  # file offset of the first byte not yet assigned to a line
-    carry = b""  # bytes after the last b"\n" seen: the start of a line not yet complete
-    with f:
-        while True:
-            block = f.read(chunk_bytes)
-            if not block:
-                if not carry:
-                    break
-                lines, body, carry = [carry], carry, b""  # the last line, without b"\n"
-            else:
-                data = carry + block if carry else block
-                lines = data.split(b"\n")
-                carry = lines.pop()
-                body = data[: len(data) - len(carry)]
-            if not lines:
-                continue
-            _check_lines(src, lines, body, num_lines + 1)
-            lengths = np.fromiter(map(len, lines), np.int64, len(lines))
-            steps = lengths + 1  # each line and its b"\n"
-            chunks.append(np.stack([pos + np.cumsum(steps) - steps, lengths], axis=1))
-            num_lines += len(lines)
-            pos += int(steps.sum())
-    if num_lines == 0:
-        raise JsonlError(f"{src}:1: file is empty (no JSON lines)")
-    return np.concatenate(chunks)
-
-
-def create_index(
-    src: str | os.PathLike, dst: str | os.PathLike | None = None, file_existence_policy: str = "error"
-) -> str | None:
-    """Writes the .idx of a JSONL (default: next to it); returns its path, or None when skipped by the policy."""
-    src = os.fspath(src)
-    dst = os.fspath(dst) if dst is not None else default_index_path(src)
-    if not check_output(dst, file_existence_policy, [src]):
-        return None
-    pairs_Nx2 = index_jsonl(src)
-    write_idx(dst, pairs_Nx2)
-    return dst
-
-
-# ----------------------------------------------------------------------------------------------------------------- pack
-
+from jaxgpt.data.atomic import atomic_output
+from jaxgpt.data.index import (
+    EMPTY_LINE,
+    JsonlError,
+    LineFault,
+    check_output,
+    decode_line,
+    default_index_path,
+    default_pbin_path,
+    json_fault,
+    parse_json,
+)
+from jaxgpt.data.pbin import WIDTH_DTYPES, PackedDataError, PbinWriter, read_idx_array
+from jaxgpt.data.tokenize import Tokenizer, load_tokenizer
 
 _SIMPLE_PATH = re.compile(r"(\.[A-Za-z_][A-Za-z0-9_]*)+")
-
-
-class _Fault(Exception):
-    """One line cannot be packed; the message is the reason (the caller adds path and line)."""
 
 
 class _Extractor:
@@ -211,45 +81,40 @@ class _Extractor:
 
     def __call__(self, raw: bytes) -> str:
         if not raw:
-            raise _Fault("empty line")
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _Fault(f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start : e.start + 4]!r})") from None
-        if self.keys is None:
-            try:
-                value = self.program.input_text(line).first()  # first result only, as Modalities; the rest is ignored
-            except StopIteration:
-                raise _Fault(f"jq pattern {self.pattern!r} yields nothing") from None
-            except ValueError as e:
-                raise _Fault(f"jq pattern {self.pattern!r} fails: {e}") from None
-        else:
-            # jq skips one UTF-8 BOM at the start of its input, and Modalities gives jq one line at a time, so a BOM
-            # at the start of any line is dropped (the index accepts it: json.loads on bytes strips it too).
-            line = line.removeprefix("\ufeff")
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise _Fault(f"invalid JSON: {e.msg} at column {e.colno}") from None
-            except ValueError as e:  # e.g. an integer of more than 4300 digits
-                raise _Fault(f"invalid JSON: {e}") from None
-            except RecursionError:
-                raise _Fault("invalid JSON: nesting too deep") from None
-            for key in self.keys:
-                if isinstance(value, dict):
-                    value = value.get(key)
-                elif value is not None:  # jq: null.key is null, but indexing a number/string/array is an error
-                    raise _Fault(
-                        f"jq pattern {self.pattern!r} fails: cannot index a {type(value).__name__} with {key!r}"
-                    )
+            raise LineFault(EMPTY_LINE)
+        line = decode_line(raw)
+        value = self._jq_first(line) if self.keys is None else self._lookup(line)
         if value is None:
-            raise _Fault(f"jq pattern {self.pattern!r} yields null")
+            raise LineFault(f"jq pattern {self.pattern!r} yields null")
         if not isinstance(value, str):
-            raise _Fault(
+            raise LineFault(
                 f"jq pattern {self.pattern!r} yields a value of type {type(value).__name__}, expected a string"
             )
         if self.keys is not None and not value.isascii():
             value = _as_jq_reads_surrogates(value)
+        return value
+
+    def _jq_first(self, line: str):
+        """The compiled jq program's first result on the line."""
+        try:
+            return self.program.input_text(line).first()  # first result only, as Modalities; the rest is ignored
+        except StopIteration:
+            raise LineFault(f"jq pattern {self.pattern!r} yields nothing") from None
+        except ValueError as e:
+            raise LineFault(f"jq pattern {self.pattern!r} fails: {e}") from None
+
+    def _lookup(self, line: str):
+        """The `.a.b` pattern's value by key lookups in the parsed line, as jq would find it."""
+        # jq skips one UTF-8 BOM at the start of its input, and Modalities gives jq one line at a time, so a BOM
+        # at the start of any line is dropped (the index accepts it: json.loads on bytes strips it too).
+        value = parse_json(line.removeprefix("\ufeff"))
+        for key in self.keys:
+            if isinstance(value, dict):
+                value = value.get(key)
+            elif value is not None:  # jq: null.key is null, but indexing a number/string/array is an error
+                raise LineFault(
+                    f"jq pattern {self.pattern!r} fails: cannot index a {type(value).__name__} with {key!r}"
+                )
         return value
 
 
@@ -266,7 +131,7 @@ def _as_jq_reads_surrogates(text: str) -> str:
     except UnicodeEncodeError:
         pass
     if (high := _HIGH_SURROGATE.search(text)) is not None:
-        raise _Fault(f"text holds an unpaired high surrogate {high.group()!r} (jq refuses it)")
+        raise LineFault(f"text holds an unpaired high surrogate {high.group()!r} (jq refuses it)")
     return _LOW_SURROGATE.sub("\ufffd", text)
 
 
@@ -324,7 +189,7 @@ def _unindexed_json_line(src: str, start: int, first_line_no: int) -> int | None
         f.seek(start)
         for k, line in enumerate(f):
             line = line.removesuffix(b"\n")
-            if line.strip() and _json_fault(line) is None:
+            if line.strip() and json_fault(line) is None:
                 return first_line_no + k
     return None
 
@@ -339,7 +204,7 @@ def _encode_lines(first: int, entries_Mx2: np.ndarray) -> tuple[int, np.ndarray,
         try:
             texts.append(extract(raw))
             entries.append(first + k)
-        except _Fault as e:
+        except LineFault as e:
             faults.append((first + k, str(e)))
     ids = spec.tokenizer.encode_batch(texts)
     counts = np.fromiter(map(len, ids), np.int64, len(ids))
@@ -447,13 +312,46 @@ def pack_jsonl(
     dst = os.fspath(dst) if dst is not None else default_pbin_path(src)
     if not os.path.isfile(src):
         raise PackedDataError(f"{src}: no such JSONL file")
-    if num_processes is None:
-        num_processes = os.cpu_count() or 1
-    elif num_processes < 1:  # 0 must not quietly mean "all CPUs"
-        raise PackedDataError(f"--num_processes must be at least 1, got {num_processes}")
+    num_processes = _check_num_processes(num_processes)
     if not check_output(dst, file_existence_policy, [src, index_path]):
         return None
-    tokenizer = load_tokenizer(tokenizer_file, tokenizer_backend)
+    tokenizer, eod_id = _load_tokenizer_with_eod(tokenizer_file, tokenizer_backend, eod_token)
+    _Extractor(jq_pattern)  # compile errors surface here, before any worker starts
+    index_Nx2 = read_idx_array(index_path)
+    contiguous = _check_index_fits(src, index_path, index_Nx2)
+    spec = _WorkerSpec(src, tokenizer, jq_pattern, eod_id, tokenizer.width, quiet_hf_threads=num_processes > 1)
+    line_of = functools.partial(_entry_lines, src, index_Nx2[:, 0], contiguous)
+    writer, skipped = _write_pbin(
+        dst, spec, index_Nx2, line_of, num_processes=num_processes, skip_faulty_lines=skip_faulty_lines,
+        progress=progress, batch_bytes=batch_bytes, t0=t0,
+    )  # fmt: skip
+    _print_summary(src, dst, writer.num_docs, skipped)
+    return PackReport(
+        dst=dst,
+        num_docs=writer.num_docs,
+        num_tokens=writer.num_tokens,
+        width=tokenizer.width,
+        backend=tokenizer.backend,
+        skipped=skipped,
+        seconds=time.perf_counter() - t0,
+        blocker=tokenizer.blocker,
+    )
+
+
+def _check_num_processes(num_processes: int | None) -> int:
+    """The number of worker processes: all CPUs when None; 0 or less is refused."""
+    if num_processes is None:
+        return os.cpu_count() or 1
+    if num_processes < 1:  # 0 must not quietly mean "all CPUs"
+        raise PackedDataError(f"--num_processes must be at least 1, got {num_processes}")
+    return num_processes
+
+
+def _load_tokenizer_with_eod(
+    tokenizer_file: str | os.PathLike, backend: str, eod_token: str
+) -> tuple[Tokenizer, int]:
+    """The tokenizer and the id of its EOD token, which must exist and fit the token width."""
+    tokenizer = load_tokenizer(tokenizer_file, backend)
     eod_id = tokenizer.token_id(eod_token)
     if eod_id is None:
         raise PackedDataError(
@@ -461,9 +359,11 @@ def pack_jsonl(
         )
     if eod_id >= 256**tokenizer.width:
         raise PackedDataError(f"EOD token {eod_token!r} has id {eod_id}, too large for {tokenizer.width}-byte tokens")
-    extractor = _Extractor(jq_pattern)  # compile errors surface here, before any worker starts
-    del extractor
-    index_Nx2 = read_idx_array(index_path)
+    return tokenizer, eod_id
+
+
+def _check_index_fits(src: str, index_path: str, index_Nx2: np.ndarray) -> bool:
+    """Refuses an index that is stale or for another file; returns whether it names every line (entry k = line k+1)."""
     file_size = os.path.getsize(src)
     if len(index_Nx2):
         past = np.flatnonzero(index_Nx2.sum(axis=1) > file_size)
@@ -485,32 +385,38 @@ def pack_jsonl(
                 f"{index_path}: index covers bytes 0..{covered} of the {file_size} of {src}, but line {line_no} after"
                 " them holds JSON: it is stale or for another file; re-run create_memmap_index"
             )
+    return bool(contiguous)
 
-    def line_of(entries: list[int]) -> dict[int, int]:
-        if contiguous:
-            return {e: e + 1 for e in entries}
-        by_offset = _line_numbers(src, [int(offsets[e]) for e in entries])
-        return {e: by_offset[int(offsets[e])] for e in entries}
 
-    spec = _WorkerSpec(src, tokenizer, jq_pattern, eod_id, tokenizer.width, quiet_hf_threads=num_processes > 1)
+def _entry_lines(src: str, offsets: np.ndarray, contiguous: bool, entries: list[int]) -> dict[int, int]:
+    """1-based JSONL line number of each index entry: entry + 1 for an index of every line, else counted in `src`."""
+    if contiguous:
+        return {e: e + 1 for e in entries}
+    by_offset = _line_numbers(src, [int(offsets[e]) for e in entries])
+    return {e: by_offset[int(offsets[e])] for e in entries}
+
+
+def _write_pbin(
+    dst: str,
+    spec: _WorkerSpec,
+    index_Nx2: np.ndarray,
+    line_of: Callable[[list[int]], dict[int, int]],
+    *,
+    num_processes: int,
+    skip_faulty_lines: bool,
+    progress: bool,
+    batch_bytes: int,
+    t0: float,
+) -> tuple[PbinWriter, list[tuple[int, str]]]:
+    """Encodes every batch of the index and writes the .pbin atomically; returns the closed writer and skipped lines."""
+    src = spec.src
     skipped: list[tuple[int, str]] = []
     pbar = None
     with atomic_output(dst) as tmp:
-        writer = PbinWriter(tmp, tokenizer.width)
+        writer = PbinWriter(tmp, spec.width)
         pool = None
         try:
-            if num_processes > 1:
-                # fork: workers inherit the loaded tokenizer instead of rebuilding it (~0.5 s each). But a process that
-                # already runs JAX's threads (a notebook, the tests) can deadlock its forked children: spawn there.
-                fork_ok = "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules
-                ctx = multiprocessing.get_context("fork" if fork_ok else "spawn")
-                # Not multiprocessing.Pool: it replaces a worker that dies (say, killed for memory) and waits forever
-                # for the lost batch; this pool fails the batch with BrokenProcessPool.
-                pool = ProcessPoolExecutor(
-                    num_processes, mp_context=ctx, initializer=_init_pool_worker, initargs=(spec,)
-                )
-            else:
-                _init_worker(spec)
+            pool = _start_workers(spec, num_processes)
             from tqdm import tqdm
 
             pbar = tqdm(
@@ -531,27 +437,12 @@ def pack_jsonl(
                 elapsed = time.perf_counter() - t0
                 pbar.set_postfix_str(f"{writer.num_tokens / elapsed / 1e6:.2f}M tok/s", refresh=False)
 
-            if pool is None:
-                for first, entries in _batches(index_Nx2, batch_bytes):
-                    consume(_encode_lines(first, entries))
-            else:
-                in_flight = collections.deque()  # bounded: the reader never runs more than 2 batches per worker ahead
-                try:
-                    for first, entries in _batches(index_Nx2, batch_bytes):
-                        in_flight.append(pool.submit(_encode_lines, first, entries))
-                        if len(in_flight) >= 2 * num_processes:
-                            consume(in_flight.popleft().result())  # in submission order: the output order
-                    while in_flight:
-                        consume(in_flight.popleft().result())
-                except BrokenProcessPool:
-                    raise _worker_death(src, pool) from None
+            _run_batches(src, index_Nx2, batch_bytes, pool, num_processes, consume)
             writer.close()
         except BaseException:
             writer.abort()
             if pool is not None:
-                # Stop now rather than finish batches nobody will read. Python 3.14 has pool.terminate_workers().
-                for worker in list((getattr(pool, "_processes", None) or {}).values()):
-                    worker.terminate()
+                _terminate_workers(pool)
             raise
         finally:
             if pool is not None:
@@ -560,19 +451,59 @@ def pack_jsonl(
                 _WORKER[2].close()
             if pbar is not None:
                 pbar.close()
-    if not writer.num_docs:
+    return writer, skipped
+
+
+def _start_workers(spec: _WorkerSpec, num_processes: int) -> ProcessPoolExecutor | None:
+    """A pool of `num_processes` encoding workers; for one, None, and this process becomes the worker."""
+    if num_processes == 1:
+        _init_worker(spec)
+        return None
+    # fork: workers inherit the loaded tokenizer instead of rebuilding it (~0.5 s each). But a process that already
+    # runs JAX's threads (a notebook, the tests) can deadlock its forked children: spawn there.
+    fork_ok = "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules
+    ctx = multiprocessing.get_context("fork" if fork_ok else "spawn")
+    # Not multiprocessing.Pool: it replaces a worker that dies (say, killed for memory) and waits forever for the lost
+    # batch; this pool fails the batch with BrokenProcessPool.
+    return ProcessPoolExecutor(num_processes, mp_context=ctx, initializer=_init_pool_worker, initargs=(spec,))
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    # Stop now rather than finish batches nobody will read. Python 3.14 has pool.terminate_workers().
+    for worker in list((getattr(pool, "_processes", None) or {}).values()):
+        worker.terminate()
+
+
+def _run_batches(
+    src: str,
+    index_Nx2: np.ndarray,
+    batch_bytes: int,
+    pool: ProcessPoolExecutor | None,
+    num_processes: int,
+    consume: Callable[[tuple], None],
+) -> None:
+    """Encodes the index's batches here (no pool) or on the pool, and hands each result to `consume` in index order."""
+    if pool is None:
+        for first, entries in _batches(index_Nx2, batch_bytes):
+            consume(_encode_lines(first, entries))
+        return
+    in_flight = collections.deque()  # bounded: the reader never runs more than 2 batches per worker ahead
+    try:
+        for first, entries in _batches(index_Nx2, batch_bytes):
+            in_flight.append(pool.submit(_encode_lines, first, entries))
+            if len(in_flight) >= 2 * num_processes:
+                consume(in_flight.popleft().result())  # in submission order: the output order
+        while in_flight:
+            consume(in_flight.popleft().result())
+    except BrokenProcessPool:
+        raise _worker_death(src, pool) from None
+
+
+def _print_summary(src: str, dst: str, num_docs: int, skipped: list[tuple[int, str]]) -> None:
+    """Tells stderr when nothing was written, and which lines were skipped (the first 20)."""
+    if not num_docs:
         print(f"{dst}: no documents were written (empty input, or every line skipped)", file=sys.stderr)
     if skipped:
         shown = "\n".join(f"  {src}:{line}: {reason}" for line, reason in skipped[:20])
         more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         print(f"skipped {len(skipped)} faulty line(s):\n{shown}{more}", file=sys.stderr)
-    return PackReport(
-        dst=dst,
-        num_docs=writer.num_docs,
-        num_tokens=writer.num_tokens,
-        width=tokenizer.width,
-        backend=tokenizer.backend,
-        skipped=skipped,
-        seconds=time.perf_counter() - t0,
-        blocker=tokenizer.blocker,
-    )

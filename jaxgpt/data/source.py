@@ -1,10 +1,13 @@
-"""Training windows over one or more .pbin files: a Grain random-access data source.
+"""Training windows over one or more .pbin files: a Grain random-access data source, in numpy alone.
 
 Window i of a file with T tokens and sequence length S is `tokens[i*S : i*S + S + 1]` (S + 1 tokens), for
 i < N = (T - 1) // S. This is Modalities' `PackedMemMapDatasetContinuous(block_size=S + 1, reuse_last_target=True)`:
 neighbouring windows share one token, documents are crossed freely and the tail is dropped. Several files are joined
 like Modalities' `CombinedDataset`: each file is windowed on its own, then the window lists are concatenated, so no
 window spans two files.
+
+Imports only numpy and the standard library: Grain reads the source through its protocol (`__len__`, `__getitem__`,
+`_getitems`), so this module needs no grain, and `from jaxgpt import PackedWindowSource` pays for no jax.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxgpt.pbin import PackedDataError, open_tokens, read_header
+from jaxgpt.data.pbin import PackedDataError, open_tokens, read_header
 
 
 class PackedWindowSource:

@@ -3,7 +3,7 @@
 import contextlib
 import sys
 
-from jaxgpt.pbin import PackedDataError
+from jaxgpt.data.errors import PackedDataError
 
 
 @contextlib.contextmanager

@@ -1,0 +1,150 @@
+"""Attention: which kernel runs it, CPU query blocking, and the attention layers with their registry.
+
+Legend: B batch, T sequence, D model dim, H query heads, N key/value heads, K head dim, C/E a query block's rows/keys.
+
+A new attention variant is one class with CausalSelfAttention's constructor and call, plus an entry in ATTENTIONS;
+`model.attn` then selects it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxgpt.model.layers import Linear, NORMS, apply_rope, norm
+from jaxgpt.sharding import constrain
+
+if TYPE_CHECKING:
+    from jaxgpt.model.config import ModelConfig
+
+KERNELS = ("auto", "xla", "cudnn")  # train.attention
+
+
+def attention_implementation(
+    choice: str, dtype, head_dim: int, backend: str | None = None, compute_capability: str | None = None
+) -> str:
+    """jax.nn.dot_product_attention's implementation for train.attention.
+
+    "auto" takes cuDNN's fused flash attention where it runs: an NVIDIA GPU of compute capability >= 8.0 (Ampere),
+    bf16 compute (it has no float32 kernel), a head dim that is a multiple of 8 and at most 128 (256 on Hopper; 128 is
+    safe everywhere); XLA's otherwise. "cudnn" outside those conditions is an error here, not deep inside the first
+    trace. backend and compute_capability default to the first device's.
+    """
+    check_kernel(choice)
+    backend = jax.default_backend() if backend is None else backend
+    problems = []
+    if backend != "gpu":
+        problems.append(f"it runs on GPUs only (this is {backend})")
+    else:
+        capability = str(compute_capability or getattr(jax.devices(backend)[0], "compute_capability", "0"))
+        if tuple(int(x) for x in re.findall(r"\d+", capability)[:2]) < (8, 0):  # "9.0", also "10.0a" or "12"
+            problems.append(f"it needs a GPU of compute capability >= 8.0 (this one has {capability})")
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        problems.append(f"it needs train.compute_dtype='bfloat16' (got {jnp.dtype(dtype).name})")
+    if head_dim % 8 or head_dim > 128:
+        problems.append(
+            f"it needs a head dim (model.n_embd / model.n_head_q) that is a multiple of 8 and <= 128 (got {head_dim})"
+        )
+    if choice == "auto":
+        return "xla" if problems else "cudnn"
+    if choice == "cudnn" and problems:
+        raise ValueError(f"train.attention='cudnn' cannot run here: {'; '.join(problems)}; use 'auto' or 'xla'")
+    return choice
+
+
+def check_kernel(choice: str) -> None:
+    """The one check of train.attention's value (StepConfig runs it at the edge, the model again when built)."""
+    if choice not in KERNELS:
+        raise ValueError(f"train.attention={choice!r} must be one of {KERNELS}")
+
+
+# XLA's attention on CPU materialises float32 scores [B, H, T, T] and masks half of them. Cutting the queries into
+# blocks of this many rows and giving each block only the keys up to its end skips most masked scores (5/8 of the
+# work remains at T = 512) and keeps each block's scores in cache: ~1.4x faster forward + backward on CPU at gpt60m.
+# Only on CPU: it was not measured elsewhere, and it unrolls T / 128 attention calls per layer.
+_XLA_QUERY_BLOCK = 128
+
+
+def query_block(implementation: str, platform: str) -> int | None:
+    """Rows per query block of `causal_attention` on devices of this platform (None: one call)."""
+    return _XLA_QUERY_BLOCK if implementation == "xla" and platform == "cpu" else None
+
+
+def causal_attention(
+    q_BxTxHxK: jax.Array,
+    k_BxTxNxK: jax.Array,
+    v_BxTxNxK: jax.Array,
+    implementation: str,
+    block: int | None = None,
+) -> jax.Array:
+    """Causal softmax attention through jax.nn.dot_product_attention; N < H kv heads is grouped-query attention.
+
+    With `block` (the XLA path on CPU, see `query_block`), query block [start, end) of C rows attends to the E = end
+    first keys."""
+    T = q_BxTxHxK.shape[1]
+    if block is None or T <= block:
+        return jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, is_causal=True, implementation=implementation
+        )
+    outputs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        # query row start + i sees keys 0 .. start + i
+        allowed_CxE = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        y_BxCxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK[:, start:end],
+            k_BxTxNxK[:, :end],
+            v_BxTxNxK[:, :end],
+            mask=allowed_CxE[None, None],
+            implementation=implementation,
+        )
+        outputs.append(y_BxCxHxK)
+    return jnp.concatenate(outputs, axis=1)
+
+
+class CausalSelfAttention(nnx.Module):
+    """q, k, v projections, rotary, optional qk-norm (after rotary, as Modalities), causal attention, c_proj."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, implementation: str, block: int | None, rngs: nnx.Rngs):
+        D, H, N, K, b = cfg.n_embd, cfg.n_head_q, cfg.n_head_kv, cfg.head_dim, cfg.use_bias
+        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        self.q_attn = Linear(D, H * K, ("embed", "heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
+        self.k_attn = Linear(D, N * K, ("embed", "kv_heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
+        self.v_attn = Linear(D, N * K, ("embed", "kv_heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
+        self.c_proj = Linear(H * K, D, ("heads", "embed"), use_bias=b, std=out_std, dtype=dtype, rngs=rngs)
+        self.q_norm = norm(cfg, K, dtype) if cfg.qk_norm else None
+        self.k_norm = norm(cfg, K, dtype) if cfg.qk_norm else None
+        self.n_head_q, self.n_head_kv, self.head_dim = H, N, K
+        self.implementation, self.block = implementation, block
+
+    def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+        B, T, _ = x_BxTxD.shape
+        H, N, K = self.n_head_q, self.n_head_kv, self.head_dim
+        q_BxTxHxK = self.q_attn(x_BxTxD).reshape(B, T, H, K)  # [B, T, H*K] -> [B, T, H, K]
+        k_BxTxNxK = self.k_attn(x_BxTxD).reshape(B, T, N, K)  # [B, T, N*K] -> [B, T, N, K]
+        v_BxTxNxK = self.v_attn(x_BxTxD).reshape(B, T, N, K)  # [B, T, N*K] -> [B, T, N, K]
+        if rope is not None:
+            q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
+            k_BxTxNxK = apply_rope(k_BxTxNxK, *rope)
+        if self.q_norm is not None:  # after rotary, as Modalities does
+            q_BxTxHxK, k_BxTxNxK = self.q_norm(q_BxTxHxK), self.k_norm(k_BxTxNxK)
+        q_BxTxHxK = constrain(q_BxTxHxK, "batch", "seq", "heads", None)
+        k_BxTxNxK = constrain(k_BxTxNxK, "batch", "seq", "kv_heads", None)
+        v_BxTxNxK = constrain(v_BxTxNxK, "batch", "seq", "kv_heads", None)
+        # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
+        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation, self.block)
+        return self.c_proj(y_BxTxHxK.reshape(B, T, H * K))  # [B, T, H, K] -> [B, T, H*K]
+
+    @staticmethod
+    def num_params(cfg: ModelConfig) -> int:
+        D, kv = cfg.n_embd, cfg.n_head_kv * cfg.head_dim
+        weights = 2 * D * D + 2 * D * kv + cfg.use_bias * (2 * D + 2 * kv)  # q, c_proj: D x D; k, v: D x kv
+        return weights + (2 * NORMS[cfg.norm].num_params(cfg.head_dim) if cfg.qk_norm else 0)
+
+
+ATTENTIONS = {"causal": CausalSelfAttention}

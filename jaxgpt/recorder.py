@@ -1,0 +1,179 @@
+"""Where a run's numbers go: metrics.jsonl, W&B and the progress bar, with throughput, MFU and the non-finite stop.
+
+Only process 0 writes; every process may call. The train loop hands each step's metrics over one step late
+(`Recorder.train`), so reading them never stalls the device, except where the loop must know them before it saves
+or evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import time
+import warnings
+
+from typing import TYPE_CHECKING
+
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from jaxgpt.data.atomic import atomic_output
+
+if TYPE_CHECKING:
+    from jaxgpt.checkpoint import Checkpointer
+    from jaxgpt.train import Setup
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose with a message for the user (a non-finite loss)."""
+
+
+def is_lead() -> bool:
+    return jax.process_index() == 0
+
+
+class MetricsLog:
+    """DIR/metrics.jsonl, written by process 0; on resume, events past the restored step are dropped."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        self._file = None
+        self.eval_steps: set[int] = set()  # steps whose eval event the file holds (process 0 only)
+        if not is_lead():
+            return
+        if os.path.exists(path):
+            # A crash after the last checkpoint leaves events the resumed run will produce again: drop them, so the file
+            # reads as one uninterrupted run.
+            with open(path) as f:
+                kept = [line for line in f if _event_step(line) <= resume_step]
+            self.eval_steps = {e["step"] for e in map(json.loads, kept) if e.get("event") == "eval"}
+            with atomic_output(path) as tmp, open(tmp, "w") as f:
+                f.writelines(kept)
+        self._file = open(path, "a", buffering=1)
+
+    def write(self, event: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(event) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _event_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line a killed process left half-written (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
+class Wandb:
+    """W&B logging that can never stop training: any failure warns once and turns it off."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, resolved: dict):
+        self._run = None
+        if not is_lead() or cfg.wandb.mode == "disabled":  # train.make_plan checked the mode
+            return
+        try:
+            import wandb
+
+            id_file = os.path.join(workdir, "wandb_run_id")  # the same W&B run continues across resumes
+            run_id = open(id_file).read().strip() if os.path.exists(id_file) else secrets.token_hex(4)
+            with open(id_file, "w") as f:
+                f.write(run_id)
+            self._run = wandb.init(
+                project=cfg.wandb.project,
+                name=cfg.wandb.name or None,
+                mode=cfg.wandb.mode,
+                dir=workdir,
+                id=run_id,
+                resume="allow",
+                config=resolved,
+                settings=wandb.Settings(console="off", silent=True),
+            )
+        except Exception as e:  # noqa: BLE001 - W&B must never stop training
+            self._fail("init", e)
+
+    def log(self, event: dict) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.log({k: v for k, v in event.items() if k not in ("step", "event")}, step=event["step"])
+        except Exception as e:  # noqa: BLE001
+            self._fail("log", e)
+
+    def close(self) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.finish()
+        except Exception as e:  # noqa: BLE001
+            self._fail("finish", e)
+
+    def _fail(self, what: str, e: Exception) -> None:
+        warnings.warn(f"W&B {what} failed, continuing without W&B: {type(e).__name__}: {e}", stacklevel=2)
+        self._run = None
+
+
+class Recorder(contextlib.ExitStack):
+    """A run's metrics.jsonl, W&B run and progress bar; `last` holds the newest train and eval events. Close it (or
+    leave its `with` block) to close all three."""
+
+    def __init__(self, run: Setup, resolved: dict, start_step: int, checkpoints: Checkpointer):
+        super().__init__()
+        self.run, self.checkpoints = run, checkpoints
+        self.metrics = MetricsLog(os.path.join(run.workdir, "metrics.jsonl"), start_step)
+        self.callback(self.metrics.close)
+        self.wandb = Wandb(run.cfg, run.workdir, resolved)
+        self.callback(self.wandb.close)
+        total, lead = run.plan.num_steps, is_lead()
+        self.bar = tqdm(total=total, initial=start_step, disable=not lead, unit="step", dynamic_ncols=True)
+        self.callback(self.bar.close)
+        self.last = {"train": None, "eval": None}
+        self._since = (time.perf_counter(), start_step)  # throughput is measured from here
+
+    def train(self, done: int, metrics: dict) -> None:
+        """Reads a finished step's metrics (blocking only on that step), stops on non-finite values, logs."""
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            raise self._nonfinite(done, m)
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+        if done % self.run.cfg.train.log_every and done != self.run.end_step:
+            return
+        now = time.perf_counter()
+        tokens_per_s = (done - self._since[1]) * self.run.plan.tokens_per_step / max(now - self._since[0], 1e-9)
+        self._since = (now, done)
+        mfu = tokens_per_s * self.run.flops_per_token / self.run.peak_flops
+        event = {"event": "train", "step": done, **m, "tokens_per_s": tokens_per_s, "mfu": mfu, "time": time.time()}
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        self._emit("train", event)
+
+    def eval(self, done: int, scores: dict) -> None:
+        event = {"event": "eval", "step": done, **scores}
+        self.bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}")
+        self._emit("eval", event)
+        self._since = (time.perf_counter(), done)  # evaluation time is not training throughput
+
+    def _emit(self, kind: str, event: dict) -> None:
+        self.metrics.write(event)
+        self.wandb.log(event)
+        self.last[kind] = event
+
+    def _nonfinite(self, done: int, m: dict) -> TrainingStopped:
+        # Step `done` measured the parameters saved as step done - 1; a checkpoint is known good once the step after
+        # it was finite, so the newest known good one is at most done - 2.
+        good, directory = self.checkpoints.newest(at_most=done - 2), self.checkpoints.directory
+        return TrainingStopped(
+            f"step {done}: loss={m['loss']} grad_norm={m['grad_norm']} is not finite; stopping. These are the metrics"
+            f" of the parameters after step {done - 1}; "
+            + (
+                f"the newest checkpoint known good (its next step's loss was finite) is step {good} in {directory}."
+                if good is not None
+                else "no checkpoint is known good."
+            )
+        )
