@@ -1,6 +1,7 @@
 """Every shipped config loads by path (as ml_collections' config_flags does), builds, and has its documented size."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
+from jaxgpt import config
 from jaxgpt.model import GPT, ModelConfig, count_params
+from jaxgpt.optim import OptimConfig
 from jaxgpt.state import StepConfig
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -70,3 +73,51 @@ def test_unknown_model_key_is_named():
     cfg.model.n_heads = 4  # a typo'd knob must not be silently ignored
     with pytest.raises(ValueError, match="model.n_heads"):
         ModelConfig.from_config(cfg)
+
+
+def test_every_knob_of_base_has_one_comment():
+    """configs/base.py is the one list of knobs: each knob's assignment has its comment at the end of its line, or (too
+    long for one line) on the line above."""
+    lines = (REPO / "configs" / "base.py").read_text().splitlines()
+    knobs = [i for i, line in enumerate(lines) if re.match(r"    \w+\.\w+ = ", line) and "ConfigDict()" not in line]
+    assert len(knobs) == len(config.flatten(config.base_config().to_dict()))
+    for i in knobs:
+        code, _, comment = lines[i].partition("  # ")
+        assert comment.strip() or lines[i - 1].strip().startswith("# "), f"configs/base.py:{i + 1}: {code.strip()}"
+
+
+def test_dataclass_defaults_are_base_knobs():
+    base = config.base_config()
+    assert ModelConfig() == ModelConfig.from_config(base)
+    assert OptimConfig() == OptimConfig.from_config(base)
+    step = StepConfig(ModelConfig(), OptimConfig(), num_steps=10)
+    assert step == StepConfig.from_config(base, num_steps=10)
+
+
+def test_a_config_without_a_knob_builds_with_its_default():
+    cfg = _load(REPO / "configs" / "tiny.py")
+    with cfg.unlocked():
+        del cfg.model["qk_norm"]
+        del cfg.optim["eps"]
+    assert ModelConfig.from_config(cfg).qk_norm is False and OptimConfig.from_config(cfg).eps == 1e-8
+
+
+def test_resumable_keys_are_knobs_and_leave_the_numbers_alone():
+    keys = config.resumable()
+    assert keys <= set(config.flatten(config.base_config().to_dict()))
+    # none of the sections that decide what the step computes may change on resume
+    assert not {k for k in keys if k.split(".")[0] in ("model", "optim")}
+    assert {"data.seed", "train.grad_accum", "train.compute_dtype", "train.z_loss", "train.num_steps"}.isdisjoint(keys)
+
+
+def test_completing_a_saved_config():
+    saved = config.flatten(_load(REPO / "configs" / "tiny.py").to_dict())
+    nested = {}
+    for key, value in saved.items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    del nested["model"]["attn"]  # a checkpoint from before the knob
+    assert config.complete(nested, "ckpt/4").model.attn == "causal"
+    nested["model"]["n_layer"] = "two"
+    with pytest.raises(ValueError, match=r"ckpt/4: config key model.n_layer='two' does not fit"):
+        config.complete(nested, "ckpt/4")

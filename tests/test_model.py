@@ -14,7 +14,7 @@ from flax import nnx
 from conftest import REPO
 from jaxgpt.model import GPT, ModelConfig, count_params, flops_per_token, peak_flops
 from jaxgpt.model.attention import attention_implementation, causal_attention, query_block
-from jaxgpt.model.layers import Linear
+from jaxgpt.model.layers import NORMS, LayerNorm, LayerNormNoBias, Linear, RMSNorm
 from jaxgpt.model.loss import lm_loss
 from jaxgpt.train_step import compiler_options
 
@@ -295,3 +295,43 @@ def test_linear_gradients_need_no_transposed_copies():
     # and it is the same map as the einsum
     y_ref = jnp.einsum("BTI,IO->BTO", x_BxTxI, linear.kernel[...]) + linear.bias[...]
     np.testing.assert_allclose(linear(x_BxTxI), y_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_layernorm_without_bias_is_layernorm_with_a_zero_bias():
+    x_BxTxD = jax.random.normal(jax.random.key(0), (2, 5, 16)) * 3.0 + 1.0
+    weight = jax.random.normal(jax.random.key(1), (16,))
+    with_bias, no_bias = LayerNorm(16, 1e-5, jnp.float32), LayerNormNoBias(16, 1e-5, jnp.float32)
+    with_bias.weight[...], no_bias.weight[...] = weight, weight
+    np.testing.assert_array_equal(no_bias(x_BxTxD), with_bias(x_BxTxD))
+    assert no_bias.bias is None and not np.allclose(no_bias(x_BxTxD), RMSNorm(16, 1e-5, jnp.float32)(x_BxTxD))
+    cfg = dataclasses.replace(SMALL, norm="layer_no_bias")
+    params = nnx.state(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    assert sum(x.size for x in jax.tree.leaves(params)) == count_params(cfg) == count_params(SMALL) - 5 * 32
+
+
+def test_a_new_norm_is_one_class_and_one_registry_entry(monkeypatch):
+    class ScaleNorm(nnx.Module):
+        """x / rms(x) * g with one scalar g."""
+
+        def __init__(self, dim, eps, dtype):
+            self.g = nnx.Param(jnp.ones(()), out_sharding=(), eager_sharding=False)
+            self.eps, self.dtype = eps, dtype
+
+        def __call__(self, x):
+            x32 = x.astype(jnp.float32)
+            y = self.g[...] * x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+            return y.astype(self.dtype)
+
+        @staticmethod
+        def num_params(dim):
+            return 1
+
+    monkeypatch.setitem(NORMS, "scale", ScaleNorm)
+    cfg = dataclasses.replace(SMALL, norm="scale", qk_norm=True)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    assert isinstance(model.h[0].attn.q_norm, ScaleNorm) and isinstance(model.lm_head_norm, ScaleNorm)
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == count_params(cfg)
+    assert np.isfinite(np.asarray(_logits(model, _tokens()))).all()
+    monkeypatch.delitem(NORMS, "scale")
+    with pytest.raises(ValueError, match=r"model.norm='scale' must be one of \('layer', 'layer_no_bias', 'rms'\)"):
+        dataclasses.replace(SMALL, norm="scale")

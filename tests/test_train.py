@@ -497,3 +497,32 @@ def test_a_wandb_failure_warns_and_training_goes_on(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="W&B init failed, continuing without W&B: ConnectionError"):
         train.run(tiny_config(**{"wandb.mode": "online", "train.num_steps": 2, "train.eval_every": 2}), str(tmp_path))
     assert max(train_losses(str(tmp_path))) == 2
+
+
+def test_setup_writes_nothing_and_the_recorder_logs_its_cadence(tmp_path):
+    """The run's pieces on their own: `setup` only reads; the recorder writes every train.log_every steps and at the
+    last, and a non-finite loss stops it naming the newest checkpoint whose next step was finite."""
+    workdir = tmp_path / "run"
+    run = train.setup(tiny_config(**{"train.log_every": 4}), str(workdir), stop_after=None)
+    assert not workdir.exists() and run.end_step == STEPS and run.plan.global_batch == 8
+    workdir.mkdir()
+
+    class Checkpoints:
+        directory = "ckpt"
+
+        def newest(self, at_most):
+            return 3 if at_most >= 3 else None
+
+    metrics = {"loss": np.float32(4.0), "grad_norm": np.float32(1.0), "lr": np.float32(1e-3)}
+    with train.Recorder(run, {}, 0, Checkpoints()) as recorder:
+        for step in range(1, STEPS + 1):
+            recorder.train(step, metrics)
+        recorder.eval(STEPS, {"eval_loss": 4.5, "eval_ppl": math.exp(4.5)})
+        with pytest.raises(train.TrainingStopped, match=r"step 5: loss=nan .* known good .* is step 3 in ckpt\."):
+            recorder.train(5, {**metrics, "loss": np.float32("nan")})
+        with pytest.raises(train.TrainingStopped, match=r"step 4: .* no checkpoint is known good\."):
+            recorder.train(4, {**metrics, "grad_norm": np.float32("inf")})
+    events = read_metrics(str(workdir))
+    assert [(e["event"], e["step"]) for e in events] == [("train", 4), ("train", STEPS), ("eval", STEPS)]
+    assert recorder.last["train"]["step"] == STEPS and recorder.last["eval"]["eval_loss"] == 4.5
+    assert all(e["tokens_per_s"] > 0 and e["mfu"] > 0 for e in events if e["event"] == "train")
