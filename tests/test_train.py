@@ -526,3 +526,26 @@ def test_setup_writes_nothing_and_the_recorder_logs_its_cadence(tmp_path):
     assert [(e["event"], e["step"]) for e in events] == [("train", 4), ("train", STEPS), ("eval", STEPS)]
     assert recorder.last["train"]["step"] == STEPS and recorder.last["eval"]["eval_loss"] == 4.5
     assert all(e["tokens_per_s"] > 0 and e["mfu"] > 0 for e in events if e["event"] == "train")
+
+
+def test_a_run_builds_its_state_layout_once_and_load_needs_no_train_step(tmp_path, monkeypatch):
+    """The steps, the checkpointer and init share one StateLayout; checkpoint.load builds the model without the step."""
+    from jaxgpt.state import StateLayout
+
+    builds = []
+    build = StateLayout.build.__func__
+
+    def counted(cls, *args, **kwargs):
+        builds.append(args)
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(StateLayout, "build", classmethod(counted))
+    train.run(tiny_config(**{"train.num_steps": 2, "train.eval_every": 2}), str(tmp_path))
+    assert len(builds) == 1
+    script = (
+        "import sys\n"
+        "from jaxgpt import checkpoint\n"
+        "checkpoint.load(sys.argv[1])\n"
+        "assert 'jaxgpt.train_step' not in sys.modules and 'jaxgpt.train' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, cwd=REPO, timeout=300)
