@@ -25,10 +25,11 @@ from jaxgpt.optim import OptimConfig, make_optimizer
 from jaxgpt.sharding import LOGICAL_AXIS_RULES
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+_NOT_KNOBS = ("model", "optim", "num_steps")  # StepConfig's fields that are not train.* knobs
 
 
 @dataclasses.dataclass(frozen=True)
-@config.knob_defaults("train", skip=("model", "optim", "num_steps"))
+@config.knob_defaults("train", skip=_NOT_KNOBS)
 class StepConfig:
     """What the train state and the step compute with; the train.* fields default to configs/base.py's knobs."""
 
@@ -57,19 +58,13 @@ class StepConfig:
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict, num_steps: int) -> StepConfig:
-        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch)."""
-        t = cfg.train
-        return cls(
-            model=ModelConfig.from_config(cfg),
-            optim=OptimConfig.from_config(cfg),
-            num_steps=num_steps,
-            grad_accum=t.grad_accum,
-            compute_dtype=t.compute_dtype,
-            remat=t.remat,
-            z_loss=float(t.z_loss),
-            loss_chunks=t.loss_chunks,
-            attention=t.attention,
-        )
+        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch). A train.*
+        knob the config lacks takes its default."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_KNOBS]
+        knobs = {name: cfg.train[name] for name in names if name in cfg.train}
+        if "z_loss" in knobs:
+            knobs["z_loss"] = float(knobs["z_loss"])  # one type, so that 0 and 0.0 compile the step once
+        return cls(ModelConfig.from_config(cfg), OptimConfig.from_config(cfg), num_steps, **knobs)
 
     @property
     def dtype(self):
