@@ -18,13 +18,16 @@ import pathlib
 
 import ml_collections
 
-BASE = pathlib.Path(__file__).resolve().parent.parent / "configs" / "base.py"
+_HERE = pathlib.Path(__file__).resolve().parent
+# configs/base.py of the checkout jaxgpt runs from; an installed wheel carries the same file as jaxgpt/configs/base.py.
+BASE = next((p for p in (_HERE.parent / "configs" / "base.py", _HERE / "configs" / "base.py") if p.is_file()), None)
 
 
 @functools.cache
 def _base_module():
-    if not BASE.is_file():
-        raise FileNotFoundError(f"{BASE}: jaxgpt reads its knobs and their defaults there; install from a checkout")
+    if BASE is None:
+        raise FileNotFoundError(f"neither {_HERE.parent}/configs/base.py nor {_HERE}/configs/base.py exists: jaxgpt reads"
+                                " its knobs and their defaults there")  # fmt: skip
     return load_module(BASE)
 
 
