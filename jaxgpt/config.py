@@ -96,8 +96,8 @@ def complete(saved: dict, where: str) -> ml_collections.ConfigDict:
     unknown = sorted(set(flatten(saved)) - set(known))
     if unknown:
         raise ValueError(
-            f"{where}: holds config key(s) {unknown} that this jaxgpt does not know (written by a newer version?);"
-            " upgrade jaxgpt to read it"
+            f"{where}: holds config key(s) {unknown} that this jaxgpt does not know: knobs of a newer jaxgpt (upgrade"
+            " to read it) or misspelt keys"
         )
     with cfg.unlocked():
         for key, value in flatten(saved).items():
