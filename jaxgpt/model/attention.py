@@ -8,7 +8,6 @@ A new attention variant is one class with CausalSelfAttention's constructor and 
 
 from __future__ import annotations
 
-import math
 import re
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgpt.model.layers import Linear, NORMS, apply_rope, norm
+from jaxgpt.model.layers import NORMS, Linear, apply_rope, init_stds, norm
 from jaxgpt.sharding import constrain
 
 if TYPE_CHECKING:
@@ -112,7 +111,7 @@ class CausalSelfAttention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, dtype, implementation: str, block: int | None, rngs: nnx.Rngs):
         D, H, N, K, b = cfg.n_embd, cfg.n_head_q, cfg.n_head_kv, cfg.head_dim, cfg.use_bias
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        std, out_std = init_stds(cfg)
         self.q_attn = Linear(D, H * K, ("embed", "heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
         self.k_attn = Linear(D, N * K, ("embed", "kv_heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
         self.v_attn = Linear(D, N * K, ("embed", "kv_heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)

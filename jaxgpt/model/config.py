@@ -11,6 +11,9 @@ from jaxgpt.model.attention import ATTENTIONS
 from jaxgpt.model.layers import MLPS, NORMS
 
 
+POS_EMB = ("rope", "learned", "none")  # model.pos_emb: rotary, a learned table, or none
+
+
 @dataclasses.dataclass(frozen=True)
 @config.knob_defaults("model", seq_len="data.seq_len")
 class ModelConfig:
@@ -73,9 +76,6 @@ class ModelConfig:
     def mlp_hidden(self) -> int:
         """The MLP's hidden size F: what its class makes of ffn_hidden (SwiGLU keeps ~2/3, GELU all of it)."""
         return MLPS[self.mlp].hidden_size(self.ffn_hidden)
-
-
-POS_EMB = ("rope", "learned", "none")
 
 
 def _key(name: str) -> str:

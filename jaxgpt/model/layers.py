@@ -29,6 +29,11 @@ def param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
+def init_stds(cfg: ModelConfig) -> tuple[float, float]:
+    """The "scaled" init: N(0, std) for input projections, N(0, std / sqrt(2 * n_layer)) for output projections."""
+    return cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
+
+
 class Linear(nnx.Module):
     """x @ kernel (+ bias) in the compute dtype; kernel [in, out]."""
 
@@ -174,17 +179,12 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _stds(cfg: ModelConfig) -> tuple[float, float]:
-    """The "scaled" init: N(0, std) for input projections, N(0, std / sqrt(2 * n_layer)) for output projections."""
-    return cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
-
-
 class SwiGLU(nnx.Module):
     """W_2(silu(W x) * V x)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         D, F, b = cfg.n_embd, cfg.mlp_hidden, cfg.use_bias
-        std, out_std = _stds(cfg)
+        std, out_std = init_stds(cfg)
         self.W = Linear(D, F, ("embed", "mlp"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
         self.V = Linear(D, F, ("embed", "mlp"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
         self.W_2 = Linear(F, D, ("mlp", "embed"), use_bias=b, std=out_std, dtype=dtype, rngs=rngs)
@@ -210,7 +210,7 @@ class GeluMLP(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         D, F, b = cfg.n_embd, cfg.mlp_hidden, cfg.use_bias
-        std, out_std = _stds(cfg)
+        std, out_std = init_stds(cfg)
         self.c_fc = Linear(D, F, ("embed", "mlp"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
         self.c_proj = Linear(F, D, ("mlp", "embed"), use_bias=b, std=out_std, dtype=dtype, rngs=rngs)
 
