@@ -1,4 +1,4 @@
-"""Shared plumbing of the command-line tools in tools/: bad input ends in one line, never a traceback."""
+"""Shared plumbing of the command-line tools (tools/, `jaxgpt data`): bad input ends in one line, never a traceback."""
 
 import contextlib
 import sys
@@ -16,3 +16,13 @@ def clean_errors():
     except KeyboardInterrupt:
         print("interrupted; no output was left behind", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def expand_pbin_paths(paths: list[str]) -> list[str]:
+    """Each directory stands for every .pbin below it, in sorted path order (Modalities' glob order is the disk's)."""
+    import pathlib
+
+    out: list[str] = []
+    for p in map(pathlib.Path, paths):
+        out.extend(map(str, sorted(p.glob("**/*.pbin"))) if p.is_dir() else [str(p)])
+    return out
