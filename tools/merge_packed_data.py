@@ -6,9 +6,8 @@ A directory stands for every .pbin below it, in sorted path order. Inputs may us
 """
 
 import argparse
-import pathlib
 
-from jaxgpt.data.cli import clean_errors
+from jaxgpt.data.cli import clean_errors, expand_pbin_paths
 from jaxgpt.data.index import FILE_EXISTENCE_POLICIES, check_output
 from jaxgpt.data.pbin import merge_pbin
 
@@ -19,13 +18,11 @@ def main() -> None:
     p.add_argument("src_paths", nargs="+", help=".pbin files or directories holding them")
     p.add_argument("--file_existence_policy", choices=FILE_EXISTENCE_POLICIES, default="error")
     args = p.parse_args()
-    srcs = []
-    for s in map(pathlib.Path, args.src_paths):
-        srcs.extend(sorted(s.glob("**/*.pbin")) if s.is_dir() else [s])
+    srcs = expand_pbin_paths(args.src_paths)
     with clean_errors():
         if not srcs:
             raise SystemExit(f"error: no .pbin files in {' '.join(args.src_paths)}")
-        if not check_output(args.dst_path, args.file_existence_policy, [str(s) for s in srcs]):
+        if not check_output(args.dst_path, args.file_existence_policy, srcs):
             return
         merged = merge_pbin(args.dst_path, srcs)
     print(f"wrote {merged.path}: {len(srcs)} files, {merged.num_docs} documents, {merged.num_tokens} tokens")

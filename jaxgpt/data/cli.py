@@ -1,6 +1,7 @@
 """Shared plumbing of the command-line tools (tools/, `jaxgpt data`): bad input ends in one line, never a traceback."""
 
 import contextlib
+import pathlib
 import sys
 
 from jaxgpt.data.errors import PackedDataError
@@ -20,8 +21,6 @@ def clean_errors():
 
 def expand_pbin_paths(paths: list[str]) -> list[str]:
     """Each directory stands for every .pbin below it, in sorted path order (Modalities' glob order is the disk's)."""
-    import pathlib
-
     out: list[str] = []
     for p in map(pathlib.Path, paths):
         out.extend(map(str, sorted(p.glob("**/*.pbin"))) if p.is_dir() else [str(p)])
