@@ -22,6 +22,7 @@ LOGICAL_AXIS_RULES = (
     ("mlp", "tensor"),  # MLP hidden F
     ("vocab", "tensor"),  # vocab V of wte/lm_head and of the logits
     ("norm", None),  # norm scales and biases, positions table rows: small, replicated
+    ("cache_seq", None),  # generation's kv cache slots [B, N, S, K]: whole, a decode step writes one slot of every row
 )
 _RULES = dict(LOGICAL_AXIS_RULES)
 

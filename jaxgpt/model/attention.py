@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from jaxgpt.model.config import ModelConfig
 
 KERNELS = ("auto", "xla", "cudnn")  # train.attention
+CACHE_AXES = ("batch", "kv_heads", "cache_seq", None)  # logical axes of a layer's k or v cache [B, N, S, K]
 
 
 def attention_implementation(
@@ -123,6 +124,14 @@ class CausalSelfAttention(nnx.Module):
 
     def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
         B, T, _ = x_BxTxD.shape
+        q_BxTxHxK, k_BxTxNxK, v_BxTxNxK = self.qkv(x_BxTxD, rope)
+        # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
+        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation, self.block)
+        return self.c_proj(y_BxTxHxK.reshape(B, T, -1))  # [B, T, H, K] -> [B, T, H*K]
+
+    def qkv(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None):
+        """Queries [B, T, H, K] and keys, values [B, T, N, K]: projected, rotated, qk-normed."""
+        B, T, _ = x_BxTxD.shape
         H, N, K = self.n_head_q, self.n_head_kv, self.head_dim
         q_BxTxHxK = self.q_attn(x_BxTxD).reshape(B, T, H, K)  # [B, T, H*K] -> [B, T, H, K]
         k_BxTxNxK = self.k_attn(x_BxTxD).reshape(B, T, N, K)  # [B, T, N*K] -> [B, T, N, K]
@@ -135,9 +144,33 @@ class CausalSelfAttention(nnx.Module):
         q_BxTxHxK = constrain(q_BxTxHxK, "batch", "seq", "heads", None)
         k_BxTxNxK = constrain(k_BxTxNxK, "batch", "seq", "kv_heads", None)
         v_BxTxNxK = constrain(v_BxTxNxK, "batch", "seq", "kv_heads", None)
-        # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
-        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation, self.block)
-        return self.c_proj(y_BxTxHxK.reshape(B, T, H * K))  # [B, T, H, K] -> [B, T, H*K]
+        return q_BxTxHxK, k_BxTxNxK, v_BxTxNxK
+
+    def cached(self, x_BxTxD: jax.Array, rope, kv: tuple[jax.Array, jax.Array], at: jax.Array, allowed_BxTxS):
+        """Attention of T new tokens at cache slots at .. at+T-1: writes their k, v there, then attends over the cache.
+
+        kv: the layer's cache, k and v [B, N, S, K]: slots next to each other per head, so that both einsums read the
+        cache in place (in [B, S, N, K] XLA on CPU transposes the whole cache every step: 1.4x slower decoding at
+        batch 8). allowed_BxTxS: which slots each new token may read; an explicit mask, because is_causal=True aligns
+        the triangle to the top-left, where one query against S keys would see slot 0 only. Returns (output
+        [B, T, D], the updated kv)."""
+        B, T, _ = x_BxTxD.shape
+        H, N, K = self.n_head_q, self.n_head_kv, self.head_dim
+        q_BxTxHxK, k_BxTxNxK, v_BxTxNxK = self.qkv(x_BxTxD, rope)
+        k_BxNxSxK, v_BxNxSxK = (
+            constrain(jax.lax.dynamic_update_slice_in_dim(c, new.transpose(0, 2, 1, 3).astype(c.dtype), at, axis=2),
+                      *CACHE_AXES)  # [B, T, N, K] -> [B, N, T, K] into slots at .. at+T-1  # fmt: skip
+            for c, new in zip(kv, (k_BxTxNxK, v_BxTxNxK))
+        )
+        q_BxNxGxTxK = q_BxTxHxK.reshape(B, T, N, H // N, K).transpose(0, 2, 3, 1, 4)  # q head h reads kv head h // G
+        scores_BxNxGxTxS = jnp.einsum(
+            "BNGTK,BNSK->BNGTS", q_BxNxGxTxK, k_BxNxSxK, preferred_element_type=jnp.float32
+        ) / jnp.sqrt(jnp.float32(K))
+        scores_BxNxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxNxGxTxS, -jnp.inf)
+        probs_BxNxGxTxS = jax.nn.softmax(scores_BxNxGxTxS, axis=-1).astype(v_BxNxSxK.dtype)
+        y_BxNxGxTxK = jnp.einsum("BNGTS,BNSK->BNGTK", probs_BxNxGxTxS, v_BxNxSxK)
+        y_BxTxD = y_BxNxGxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K)  # [B, N, G, T, K] -> [B, T, H*K]
+        return self.c_proj(y_BxTxD), (k_BxNxSxK, v_BxNxSxK)
 
     @staticmethod
     def num_params(cfg: ModelConfig) -> int:

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgpt.model.attention import ATTENTIONS, attention_implementation, query_block
+from jaxgpt.model.attention import ATTENTIONS, CACHE_AXES, attention_implementation, query_block
 from jaxgpt.model.config import ModelConfig
-from jaxgpt.model.layers import MLPS, Embedding, dropout, lookup, norm, rope_tables
+from jaxgpt.model.layers import MLPS, Embedding, dropout, lookup, norm, rope_at, rope_tables
 from jaxgpt.model.loss import vocab_logits
 from jaxgpt.sharding import constrain
 
@@ -53,6 +53,13 @@ class Block(nnx.Module):
         x_BxTxD = x_BxTxD + dropout(self.attn(self.attention_norm(x_BxTxD), rope), self.rate, attn_key)
         x_BxTxD = x_BxTxD + dropout(self.mlp(self.ffn_norm(x_BxTxD)), self.rate, mlp_key)
         return constrain(x_BxTxD, "batch", "seq", "act_embed")
+
+    def cached(self, x_BxTxD: jax.Array, rope, kv, at: jax.Array, allowed_BxTxS: jax.Array):
+        """__call__ for generation (no dropout): attention reads and extends the layer's kv cache."""
+        y_BxTxD, kv = self.attn.cached(self.attention_norm(x_BxTxD), rope, kv, at, allowed_BxTxS)
+        x_BxTxD = x_BxTxD + y_BxTxD
+        x_BxTxD = x_BxTxD + self.mlp(self.ffn_norm(x_BxTxD))
+        return constrain(x_BxTxD, "batch", "seq", "act_embed"), kv
 
 
 class GPT(nnx.Module):
@@ -87,14 +94,15 @@ class GPT(nnx.Module):
         self.lm_head_norm = norm(cfg, D, dtype)
         self.lm_head = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=std, rngs=rngs) if untied else None
 
-    def embed(self, tokens_BxT: jax.Array) -> jax.Array:
-        """Token (plus learned position) embeddings [B, T, D] in the compute dtype."""
+    def embed(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None) -> jax.Array:
+        """Token (plus learned position) embeddings [B, T, D] in the compute dtype; positions 0 .. T-1 by default."""
         T = tokens_BxT.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's data.seq_len={self.cfg.seq_len}")
         x_BxTxD = lookup(self.wte.weight[...], tokens_BxT, self.dtype)
         if self.wpe is not None:
-            x_BxTxD = x_BxTxD + self.wpe.weight[...][:T].astype(self.dtype)[None]
+            wpe_TxD = self.wpe.weight[...].astype(self.dtype)
+            x_BxTxD = x_BxTxD + (wpe_TxD[:T][None] if positions_BxT is None else wpe_TxD[positions_BxT])
         return constrain(x_BxTxD, "batch", "seq", "act_embed")
 
     def decode(self, x_BxTxD: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -120,6 +128,31 @@ class GPT(nnx.Module):
     def hidden(self, tokens_BxT: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Final-normed hidden states [B, T, D] in the compute dtype: everything but the vocab projection."""
         return self.decode(self.embed(tokens_BxT), deterministic=deterministic, rngs=rngs)
+
+    def init_cache(self, batch: int, slots: int) -> list[tuple[jax.Array, jax.Array]]:
+        """Empty kv cache: per layer, k and v [B, N, S, K] in the compute dtype."""
+        shape = (batch, self.cfg.n_head_kv, slots, self.cfg.head_dim)
+        return [tuple(constrain(jnp.zeros(shape, self.dtype), *CACHE_AXES) for _ in "kv") for _ in self.h]
+
+    def cached_hidden(self, tokens_BxT, positions_BxT, cache, at: jax.Array, first_B: jax.Array):
+        """Final-normed hidden states [B, T, D] of T new tokens written at cache slots at .. at+T-1, and the cache.
+
+        Row b holds its real tokens from slot first_B[b] on (left padding before it); a new token reads the slots from
+        first_B[b] up to its own. positions_BxT are the rows' real positions, which rotary and wpe follow."""
+        T, S = tokens_BxT.shape[1], cache[0][0].shape[2]
+        slot_T, key_S = at + jnp.arange(T), jnp.arange(S)
+        key_1x1xS, slot_1xTx1 = key_S[None, None, :], slot_T[None, :, None]
+        allowed_BxTxS = (key_1x1xS >= first_B[:, None, None]) & (key_1x1xS <= slot_1xTx1)
+        # a padding query reads nothing else; let it read itself, so its softmax row is not empty (its output is unused)
+        allowed_BxTxS |= key_1x1xS == slot_1xTx1
+        cfg = self.cfg
+        rope = rope_at(positions_BxT, cfg.head_dim, cfg.rope_base) if cfg.pos_emb == "rope" else None
+        x_BxTxD = self.embed(tokens_BxT, positions_BxT)
+        new_cache = []
+        for block, kv in zip(self.h, cache):
+            x_BxTxD, kv = block.cached(x_BxTxD, rope, kv, at, allowed_BxTxS)
+            new_cache.append(kv)
+        return self.lm_head_norm(x_BxTxD), new_cache
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
         """Hidden states -> float32 logits [B, T, V]."""

@@ -151,19 +151,24 @@ def norm(cfg: ModelConfig, dim: int, dtype) -> nnx.Module:
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
-    """cos_TxK, sin_TxK of NeoX rotary (frequencies repeated, not interleaved), float32."""
+    """cos_TxK, sin_TxK of NeoX rotary (frequencies repeated, not interleaved) at positions 0 .. T-1, float32."""
+    return rope_at(jnp.arange(seq_len, dtype=jnp.float32), head_dim, base)
+
+
+def rope_at(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [..., K] at any positions: [T] in training, [B, T] when rows sit at their own positions (generation)."""
     inv_freq_K2 = 1.0 / base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    freqs_TxK2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_K2[None, :]
-    emb_TxK = jnp.concatenate([freqs_TxK2, freqs_TxK2], axis=-1)
-    return jnp.cos(emb_TxK), jnp.sin(emb_TxK)
+    freqs_K2 = positions.astype(jnp.float32)[..., None] * inv_freq_K2
+    emb_K = jnp.concatenate([freqs_K2, freqs_K2], axis=-1)
+    return jnp.cos(emb_K), jnp.sin(emb_K)
 
 
-def apply_rope(x_BxTxHxK: jax.Array, cos_TxK: jax.Array, sin_TxK: jax.Array) -> jax.Array:
-    """x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1]."""
+def apply_rope(x_BxTxHxK: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1]; cos/sin [T, K] or [B, T, K]."""
     x32 = x_BxTxHxK.astype(jnp.float32)
     x1, x2 = jnp.split(x32, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    out = x32 * cos_TxK[:, None, :] + rotated * sin_TxK[:, None, :]
+    out = x32 * cos[..., None, :] + rotated * sin[..., None, :]  # broadcast over the heads H
     return out.astype(x_BxTxHxK.dtype)
 
 
