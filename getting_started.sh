@@ -28,9 +28,8 @@ if [ "$STEPS" != 0 ]; then
   echo "getting_started: training gpt60m for $STEPS steps only, evaluating on $EVAL_STEPS validation batches" \
     "(a cap for CPUs; STEPS=0 EVAL_STEPS=0 runs the full epoch and the full validation split)"
 fi
-# CPUs have no fast bfloat16 matmuls: compute in float32 there (params and optimizer state are float32 anyway).
+# train.compute_dtype="auto" computes in float32 on CPUs, which have no fast bfloat16 matmuls, and in bfloat16 on GPUs.
 if [ "$(.venv/bin/python -c 'import jax; print(jax.default_backend())')" = cpu ]; then
-  flags+=(--config.train.compute_dtype=float32)
   # XLA on CPU allocates its large buffers afresh every step; glibc's malloc then maps them in 4 KiB pages that the
   # kernel faults in and zeroes one by one (~8 s of system time per gpt60m step here). Transparent huge pages for
   # malloc cut it to less than half: steps 5-15% faster (BENCHMARKS.md). glibc reads it at process start: set here.

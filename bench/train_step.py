@@ -91,9 +91,7 @@ def main(argv):
     del argv
     cfg = _CONFIG.value
     backend = jax.default_backend()
-    if backend == "cpu":
-        cfg.train.compute_dtype = "float32"  # bf16 matmuls are emulated on CPU
-    step_cfg = StepConfig.from_config(cfg, num_steps=1000)
+    step_cfg = StepConfig.from_config(cfg, num_steps=1000).resolved(backend)  # "auto": float32 on CPU, bf16 on GPU
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     dp, T = data_parallel_size(mesh), step_cfg.model.seq_len
     G = cfg.train.micro_batch_size * dp * step_cfg.grad_accum

@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.train_path = "data/packed/redpajama_v2_samples_512_train.pbin"  # one .pbin, or several joined by ","
     d.val_path = "data/packed/redpajama_v2_samples_512_test.pbin"  # validation .pbin(s); "" disables evaluation
+    d.tokenizer_file = "data/tokenizer/tokenizer.json"  # what the .pbin files were packed with; copied to DIR/ at start
     d.seq_len = 512  # tokens per training sequence S (windows hold S + 1 tokens)
     d.seed = 0  # shuffle seed; the batch order is a pure function of (seed, global batch, window count, step)
     d.prefetch = 2  # global batches prepared ahead of the device
@@ -47,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.eval_batch_size = 0  # sequences per evaluation batch (all hosts); 0: micro_batch_size * data-parallel size
     t.eval_steps = 0  # batches per evaluation; 0: a full pass over the validation split (CPU quick runs cap it)
     t.seed = 0  # model init and dropout seed
-    t.compute_dtype = "bfloat16"  # activations/matmuls; params and optimizer state stay float32
+    t.init_from = ""  # warm start at step 0: a jaxgpt workdir (PATH or PATH@STEP) or an HF folder; "" = off
+    t.compute_dtype = "auto"  # activations/matmuls: "auto" (bf16 on GPU/TPU, float32 on CPU) | "bfloat16" | "float32"
     t.remat = "none"  # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block
     t.z_loss = 0.0  # weight of the z-loss log(Z)^2 on the logits (0 disables)
     t.loss_chunks = 4  # pieces of the sequence the fused vocab projection + cross-entropy walks (must divide seq_len)
@@ -111,4 +113,6 @@ RESUMABLE = (
     "train.loss_chunks",
     # Compared as the stream record's train_files (each file's name and size): the same files moved or copied resume.
     "data.train_path",
+    # Its bytes are compared with DIR/tokenizer.json, the copy the run made at its start: a moved copy resumes.
+    "data.tokenizer_file",
 )

@@ -32,7 +32,7 @@ def get_config():
 
     c.train.micro_batch_size = 8  # 8 seqs * 512 tokens * 8 GPUs = 32,768 tokens/step
     c.train.grad_accum = 1
-    c.train.compute_dtype = "bfloat16"
+    c.train.compute_dtype = "auto"  # bfloat16 on GPUs; float32 on CPUs, which have no fast bfloat16 matmuls
     c.train.remat = "none"
 
     c.optim.lr = 3e-4

@@ -14,23 +14,56 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 (even mid-save) leaves only complete checkpoints behind, and `latest_step()` never sees a partial one.
 Arrays are restored against abstract targets that carry the *current* mesh's shardings, which is what lets a checkpoint
 written on one mesh (fsdp=8) come back on another (data=2, fsdp=4) or on a single device.
+
+What the rename cannot prevent, a file damaged after it (a partial copy, a bad disk), is found when the step is read:
+a resume and `load()` then fall back to the newest step that reads whole, with a warning naming the damaged one
+(`restore_newest`); a resume also moves it aside to `<step>.damaged`, so that its step number is free to be saved again.
+A save that fails (a full disk) is one CheckpointError naming the directory, and its partial step is removed.
+`exclusive(workdir)` keeps a second run out of a workdir that a first one is writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
+import glob
+import logging as pylogging
 import os
+import re
+import shutil
+import socket
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxgpt import config, sharding
 from jaxgpt.state import StateLayout, StepConfig, TrainState
 
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into the step and each item just before the final rename
+ITEMS = ("params", "opt_state", "train", "data", "config")
+LOCK_FILE = "run.lock"  # in the workdir: held (flock) by the run writing there; its text names that run
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, empty, or does not match the run."""
+    """A checkpoint directory is missing, empty, damaged, or does not match the run; or a save failed."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """One step directory cannot be read whole: a file is missing or truncated, or the step was never committed."""
+
+    def __init__(self, directory: str, step: int, reason: str):
+        super().__init__(f"{directory}/{step}: cannot restore it: not a complete jaxgpt checkpoint of this model, or"
+                         f" not readable ({reason})")  # fmt: skip
+        self.step, self.reason = step, reason
 
 
 class Checkpointer:
@@ -46,10 +79,16 @@ class Checkpointer:
             # Orbax would only fail at the first save, after a step of training.
             raise CheckpointError(f"{self.directory}: is a file, not a checkpoints directory")
         self.every = every
+        self._in_flight: int | None = None  # the step of the asynchronous save not yet known to be on disk
+        self._failed = False  # a save failed and was reported: later waits and the close stay quiet
+        _quiet_orbax_errors()
         # We decide when to save (every `every` steps, at the end, on a stop signal) and always pass force=True:
         # Orbax's own policy would also save the very first step.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as e:  # a read-only file system, no permission
+            raise CheckpointError(f"{self.directory}: cannot create or open it ({_reason(e)})") from None
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -66,7 +105,8 @@ class Checkpointer:
         return step % self.every == 0
 
     def save(self, state: TrainState, *, data: dict, config: dict) -> None:
-        """Starts an asynchronous save of `state` at `state.step` (returns once the arrays are copied off the devices)."""
+        """Starts an asynchronous save of `state` at `state.step` (returns once the arrays are copied off the devices).
+        A failure of the save before it (found here, as Orbax reports it) is a CheckpointError."""
         step = int(jax.device_get(state.step))
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
@@ -75,7 +115,9 @@ class Checkpointer:
             data=ocp.args.JsonSave(data),
             config=ocp.args.JsonSave(config),
         )
-        self._manager.save(step, args=args, force=True)
+        with self._save_errors(step):
+            self._manager.save(step, args=args, force=True)
+        self._in_flight = step
 
     def restore(self, layout: StateLayout, step: int | None = None) -> TrainState:
         """Restores the state onto the layout's shardings."""
@@ -98,24 +140,72 @@ class Checkpointer:
         step = self.resolve(step)
         restored = self._restore(step, config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
         if not isinstance(restored.config, dict) or not isinstance(restored.data, dict):
-            raise CheckpointError(
-                f"{self.directory}/{step}: not a jaxgpt checkpoint (config or data is not a JSON object)"
-            )
+            raise DamagedCheckpoint(self.directory, step, "config or data is not a JSON object")
         return restored.config, restored.data
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
         return self._restore(step, params=ocp.args.StandardRestore(abstract_params)).params
 
+    def restore_newest(self, read: Callable[[int], Any], *, set_aside: bool) -> tuple[int, Any] | None:
+        """(step, read(step)) for the newest step that `read` gets whole; None when there is no checkpoint.
+
+        A step that is damaged (DamagedCheckpoint) is skipped with a warning naming it and what was wrong, and with
+        `set_aside` (a resume; never a reader) moved to `<step>.damaged`. Every other error of `read` (a resume under
+        other settings) ends the search. Every process decides alike: a step damaged on one is damaged on all.
+        """
+        steps = self.all_steps()
+        damaged = []
+        for step in reversed(steps):
+            try:
+                self.check_committed(step)
+                result, error = read(step), None
+            except DamagedCheckpoint as e:
+                result, error = None, e
+            if _all_processes(error is None):
+                if set_aside:
+                    self._set_aside([e.step for e in damaged])
+                return step, result
+            damaged.append(error or DamagedCheckpoint(self.directory, step, "damaged as another process reads it"))
+            older = [s for s in steps if s < step]
+            fallback = f"falling back to step {max(older)}" if older else "no older checkpoint"
+            message = f"{self.directory}/{step}: damaged checkpoint ({damaged[-1].reason}); {fallback}"
+            warnings.warn(message, stacklevel=2)
+        if damaged:
+            raise CheckpointError(f"every checkpoint is damaged: {'; '.join(map(str, damaged))}. Restore one, or start"
+                                  " afresh in a new --workdir")  # fmt: skip
+        return None
+
+    def check_committed(self, step: int) -> None:
+        """A step whose directory or items lack Orbax's commit marker was never finished (or not copied whole)."""
+        root = os.path.join(self.directory, str(step))
+        for where in (root, *(os.path.join(root, item) for item in ITEMS)):
+            if not os.path.isdir(where):
+                raise DamagedCheckpoint(self.directory, step, f"{os.path.relpath(where, self.directory)} is missing")
+            if not os.path.isfile(os.path.join(where, COMMIT_MARKER)):
+                raise DamagedCheckpoint(self.directory, step,
+                                        f"{os.path.relpath(where, self.directory)} has no {COMMIT_MARKER}")  # fmt: skip
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves damaged steps out of Orbax's view, kept for inspection, so their step numbers can be saved again."""
+        if steps and jax.process_index() == 0:
+            for step in steps:
+                target = os.path.join(self.directory, f"{step}.damaged")
+                suffix = 1
+                while os.path.exists(target):
+                    target, suffix = os.path.join(self.directory, f"{step}.damaged.{suffix}"), suffix + 1
+                os.rename(os.path.join(self.directory, str(step)), target)
+        if steps:
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("jaxgpt: damaged checkpoints set aside")
+            self._manager.reload()
+
     def _restore(self, step: int | None, **items) -> Any:
-        """Orbax's restore of `items`; a step directory that is damaged or foreign is a CheckpointError naming it."""
+        """Orbax's restore of `items`; a step directory that is damaged or foreign is a DamagedCheckpoint naming it."""
         step = self.resolve(step)
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (KeyError, ValueError, OSError) as e:  # a missing item, a tree that does not match, a missing file
-            raise CheckpointError(
-                f"{self.directory}/{step}: cannot restore it: not a complete jaxgpt checkpoint of this model, or not"
-                f" readable ({type(e).__name__}: {e})"
-            ) from e
+        except Exception as e:  # noqa: BLE001 - TensorStore's read errors reach us as bare Exceptions
+            raise DamagedCheckpoint(self.directory, step, _reason(e)) from e
 
     def resolve(self, step: int | None) -> int:
         """The step to read: `step` if a checkpoint of it exists, the newest one for None."""
@@ -130,37 +220,188 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until the asynchronous save in flight (if any) is durable on disk."""
-        self._manager.wait_until_finished()
+        with self._save_errors(self._in_flight):
+            self._manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self._manager.close()
+        with self._save_errors(self._in_flight):
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _save_errors(self, step: int | None) -> Iterator[None]:
+        """Orbax's save failures (one per writer thread) -> one CheckpointError naming the directory and the cause;
+        the failed step's temporary directory is removed, so nothing half-written stays behind."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - Orbax re-raises its writer threads' errors as they came
+            if self._failed:  # reported once already; this is the same failure surfacing again at wait() or close()
+                return
+            self._failed = True
+            partial = self._remove_partial()
+            # The step whose temporary directory was left names the failed save best; else the one in flight.
+            failed = partial[0] if partial else self._in_flight if self._in_flight is not None else step
+            newest = max(self._manager.all_steps(), default=None)
+            raise CheckpointError(
+                f"{self.directory}: saving step {failed} failed: {_reason(e)}; "
+                + ("its partial files were removed; " if partial else "")
+                + (f"the newest complete checkpoint is step {newest}" if newest else "no checkpoint is complete")
+            ) from None
+
+    def _remove_partial(self) -> list[int]:
+        """Deletes Orbax's temporary step directories (saves that failed midway; process 0 only); returns the steps."""
+        partial = glob.glob(os.path.join(glob.escape(self.directory), "*.orbax-checkpoint-tmp*"))
+        if jax.process_index() == 0:
+            for path in partial:
+                shutil.rmtree(path, ignore_errors=True)
+        names = (os.path.basename(p).split(".", 1)[0] for p in partial)
+        return sorted(int(n) for n in names if n.isdigit())
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause of an Orbax/TensorStore error in one line: 'No space left on device' rather than a spec."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    else:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    for code, name in ((errno.ENOSPC, "no space left on device"), (errno.EFBIG, "file too large")):
+        if f"os_error_code='{code}'" in text or (isinstance(e, OSError) and e.errno == code):
+            written = re.search(r'Failed writing: "([^"]+)"', text)  # TensorStore's wording
+            return f"{name} (writing {written[1]})" if written else name
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
+def _all_processes(ok: bool) -> bool:
+    """Whether `ok` holds on every process (one process: itself)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.process_allgather(np.array(ok)).all())
+
+
+class _DropOrbaxErrors(pylogging.Filter):
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return not (record.levelno >= pylogging.ERROR and _ORBAX in record.pathname)
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+def _from_orbax(exc_traceback) -> bool:
+    while exc_traceback is not None:
+        if _ORBAX in exc_traceback.tb_frame.f_code.co_filename:
+            return True
+        exc_traceback = exc_traceback.tb_next
+    return False
+
+
+def _quiet_orbax_errors() -> None:
+    """Orbax logs each failing writer or reader thread's error with its traceback (16 of them for one full disk), and
+    the sibling reads of a failed restore die later as 'Exception ignored' coroutines; we turn what Orbax raises into
+    one CheckpointError, so these copies are dropped (every other log line and unraisable error still shows)."""
+    logger = pylogging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxErrors) for f in logger.filters):
+        logger.addFilter(_DropOrbaxErrors())
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxgpt", False):
+        return
+
+    def hook(unraisable):
+        # The second kind: TensorStore's read callbacks of a failed restore landing on Orbax's closed event loop.
+        late = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        if not (late or _from_orbax(unraisable.exc_traceback)):
+            previous(unraisable)
+
+    hook._jaxgpt = True
+    sys.unraisablehook = hook
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
     return os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
 
 
+def tokenizer_path(workdir: str | os.PathLike) -> str:
+    """DIR/tokenizer.json: the copy of the tokenizer a run records beside its checkpoints (train.record_tokenizer)."""
+    return os.path.join(os.path.abspath(os.fspath(workdir)), "tokenizer.json")
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str | os.PathLike) -> Iterator[None]:
+    """Holds DIR/run.lock while a run writes the workdir: a second run started there is refused (a CheckpointError
+    naming the first), instead of interleaving its checkpoints and metrics. The lock is the kernel's (flock): it goes
+    with the process, even one killed with -9. Process 0 locks; every process refuses alike."""
+    path = os.path.join(os.path.abspath(os.fspath(workdir)), LOCK_FILE)
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = _take_lock(path)
+        except CheckpointError as e:
+            error = e
+    if not _all_processes(error is None):
+        raise error or CheckpointError(f"{path}: process 0 could not lock the workdir; see its error")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock; the file stays, naming the last run
+
+
+def _take_lock(path: str):
+    try:
+        lock = open(path, "a+")
+    except OSError as e:  # a read-only workdir, no permission
+        raise CheckpointError(f"{path}: cannot create the workdir's lock file ({_reason(e)})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise CheckpointError(f"{os.path.dirname(path)}: another run is writing this workdir ({holder}; it holds"
+                              f" {path}); wait for it to end, or use another --workdir") from None  # fmt: skip
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now}\n")
+    lock.flush()
+    return lock
+
+
 def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
-    """Returns `(model, config)` from the newest (or given) checkpoint in `workdir`, without the optimizer state.
+    """Returns `(model, config)` from the newest intact (or the given) checkpoint in `workdir`, without the optimizer
+    state, and prints which step it loaded.
 
     The parameters land on `mesh`, by default the first local device, so a checkpoint written on 8 GPUs opens in a
     notebook on one CPU; pass a mesh (sharding.make_mesh) to spread a large model over several devices. `config` holds
-    every knob of this jaxgpt, those the checkpoint predates at their defaults.
+    every knob of this jaxgpt, those the checkpoint predates at their defaults. A damaged newest step is skipped with a
+    warning; a damaged `step=` is a CheckpointError.
     """
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir}: no checkpoints/ directory; is this a jaxgpt workdir?")
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)  # keep: never delete anything from a reader
-    try:
-        step = ckpt.resolve(step)
-        cfg = saved_config(ckpt, step)
-        if mesh is None:  # one device: any model width fits, which an FSDP mesh over odd device counts would not
-            mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    if mesh is None:  # one device: any model width fits, which an FSDP mesh over odd device counts would not
+        mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+    def read(at: int):
+        cfg = saved_config(ckpt, at)
         layout = StateLayout.build(StepConfig.from_config(cfg, num_steps=1), mesh)
-        params = ckpt.restore_params(layout.abstract.params, step)
+        return layout.model(ckpt.restore_params(layout.abstract.params, at)), cfg
+
+    try:
+        if step is None:
+            found = ckpt.restore_newest(read, set_aside=False)
+            if found is None:
+                ckpt.resolve(None)  # raises: no checkpoint
+            step, (model, cfg) = found
+        else:
+            ckpt.resolve(step)
+            ckpt.check_committed(step)
+            model, cfg = read(step)
     finally:
         ckpt.close()
-    return layout.model(params), cfg
+    print(f"jaxgpt: loaded step {step} of {directory}", file=sys.stderr)
+    return model, cfg
 
 
 def saved_config(ckpt: Checkpointer, step: int) -> ml_collections.ConfigDict:

@@ -153,6 +153,20 @@ class Recorder(contextlib.ExitStack):
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         self._emit("train", event)
 
+    @contextlib.contextmanager
+    def evaluating(self, done: int, num_batches: int):
+        """Yields a callback counting evaluation batches into a second bar under the training one, so that a long
+        validation pass shows as evaluation, not as a training step that stalls."""
+        previous = self.bar.postfix
+        self.bar.set_postfix_str(f"evaluating step {done}")
+        bar = tqdm(total=num_batches, desc=f"eval at step {done}", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not is_lead())  # fmt: skip
+        try:
+            yield lambda: bar.update(1)
+        finally:
+            bar.close()
+            self.bar.set_postfix_str(previous or "", refresh=False)
+
     def eval(self, done: int, scores: dict) -> None:
         event = {"event": "eval", "step": done, **scores}
         self.bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}")

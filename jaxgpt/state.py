@@ -25,6 +25,7 @@ from jaxgpt.optim import OptimConfig, make_optimizer
 from jaxgpt.sharding import LOGICAL_AXIS_RULES
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+AUTO_DTYPE = {"cpu": "float32"}  # train.compute_dtype="auto": CPUs emulate bfloat16 matmuls slowly; bfloat16 elsewhere
 _NOT_KNOBS = ("model", "optim", "num_steps")  # StepConfig's fields that are not train.* knobs
 
 
@@ -37,7 +38,7 @@ class StepConfig:
     optim: OptimConfig
     num_steps: int  # total optimizer steps (for the lr schedule), resolved by the caller (train.num_steps may be None)
     grad_accum: int
-    compute_dtype: str  # a key of DTYPES
+    compute_dtype: str  # a key of DTYPES, or "auto" until `resolved` (StateLayout.build) picks one for the platform
     remat: str  # "none" | a key of model.gpt.REMAT_POLICIES
     z_loss: float
     loss_chunks: int  # pieces of T the fused vocab projection + cross-entropy walks through (model/loss.py)
@@ -48,8 +49,8 @@ class StepConfig:
             raise ValueError(f"train.num_steps={self.num_steps!r} must be a positive int")
         if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
             raise ValueError(f"train.grad_accum={self.grad_accum!r} must be a positive int")
-        if self.compute_dtype not in DTYPES:
-            raise ValueError(f"train.compute_dtype={self.compute_dtype!r} must be one of {tuple(DTYPES)}")
+        if self.compute_dtype not in (*DTYPES, "auto"):
+            raise ValueError(f"train.compute_dtype={self.compute_dtype!r} must be one of {(*DTYPES, 'auto')}")
         check_remat(self.remat)
         if not self.z_loss >= 0.0:
             raise ValueError(f"train.z_loss={self.z_loss!r} must be >= 0")
@@ -66,8 +67,16 @@ class StepConfig:
             knobs["z_loss"] = float(knobs["z_loss"])  # one type, so that 0 and 0.0 compile the step once
         return cls(ModelConfig.from_config(cfg), OptimConfig.from_config(cfg), num_steps, **knobs)
 
+    def resolved(self, platform: str) -> StepConfig:
+        """This config with compute_dtype "auto" replaced by the dtype it means on `platform` ("cpu", "gpu", "tpu")."""
+        if self.compute_dtype != "auto":
+            return self
+        return dataclasses.replace(self, compute_dtype=AUTO_DTYPE.get(platform, "bfloat16"))
+
     @property
     def dtype(self):
+        if self.compute_dtype == "auto":
+            raise ValueError("train.compute_dtype='auto' is resolved only on a platform: call StepConfig.resolved")
         return DTYPES[self.compute_dtype]
 
 
@@ -91,6 +100,7 @@ class StateLayout:
     def build(cls, cfg: StepConfig, mesh: jax.sharding.Mesh) -> StateLayout:
         """Traces the model and the optimizer once, abstractly; checks that the mesh can shard them."""
         platform = mesh.devices.flat[0].platform
+        cfg = cfg.resolved(platform)
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: _model(cfg, nnx.Rngs(params=0), platform)))
         shapes = jax.eval_shape(lambda: _init(cfg, 0, platform))
         with nnx.logical_axis_rules(LOGICAL_AXIS_RULES):  # Adam moments inherit their param's logical names

@@ -11,8 +11,10 @@ is known good only once the next step's loss is finite; the stop message names t
 Evaluation -> `train_loop`, which holds the order of save, evaluate and stop.
 
 Workdir layout:
-    DIR/checkpoints/    Orbax (resumed automatically when present)
+    DIR/checkpoints/    Orbax (resumed automatically when present; a damaged step is moved aside to <step>.damaged)
+    DIR/run.lock        held by the run writing here: a second run started in DIR is refused (checkpoint.exclusive)
     DIR/metrics.jsonl   one JSON object per train/eval event
+    DIR/metrics.png     its curves, drawn when the run ends (plots.py; tools/plot_metrics.py redraws or overlays)
     DIR/config.json     the resolved config, plus what was derived from it (steps, batch, mesh)
     DIR/wandb/          the W&B run (offline by default)
 """
@@ -38,11 +40,13 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from jaxgpt import checkpoint, config, model, optim, sharding, train_step
+from jaxgpt import checkpoint, config, distributed, model, optim, sharding, train_step, warmstart
 from jaxgpt.config import flatten, load_config_file
 from jaxgpt.data import pipeline
 from jaxgpt.data.atomic import atomic_output
+from jaxgpt.data.errors import PackedDataError
 from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.data.tokenize import load_tokenizer
 from jaxgpt.recorder import Recorder, TrainingStopped, is_lead
 from jaxgpt.state import StateLayout, StepConfig, TrainState
 
@@ -81,7 +85,24 @@ def split_paths(value: str, key: str) -> list[str]:
     paths = [p.strip() for p in str(value).split(",") if p.strip()]
     if not paths:
         raise ValueError(f"{key} is empty; give a .pbin path (or several, joined by ',')")
+    for path in paths:
+        if not os.path.exists(path):
+            raise ValueError(f"{path}: no such file ({key}); {how_to_pack(path)}")
     return paths
+
+
+def how_to_pack(path: str) -> str:
+    """The way to make a missing .pbin: on a fresh clone, the getting-started script or its two tool commands."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    raw = os.path.join("data", "raw", f"{stem}.jsonl")
+    if not os.path.isfile(raw):  # not one of the bundled samples: the tools, from the user's own JSONL
+        return ("pack it from your JSONL with tools/create_memmap_index.py, then tools/create_packed_data.py (README,"
+                " 'Data tools')")  # fmt: skip
+    idx = os.path.join(os.path.dirname(path) or ".", f"{stem}.idx")
+    return (f"make it with `bash getting_started.sh` (it indexes and packs the bundled samples), or with"
+            f" `python tools/create_memmap_index.py --index_path {idx} {raw} && python tools/create_packed_data.py"
+            f" --jq_pattern .raw_content --tokenizer_file data/tokenizer/tokenizer.json --index_path {idx}"
+            f" --dst_path {path} {raw}`")  # fmt: skip
 
 
 def make_plan(cfg: ml_collections.ConfigDict, mesh, train_src: PackedWindowSource) -> Plan:
@@ -130,6 +151,7 @@ class Setup:
     num_params: int
     flops_per_token: float
     peak_flops: float  # of all devices together, for MFU
+    records_tokenizer: bool  # data.tokenizer_file fits the model: copied to DIR/tokenizer.json
 
 
 def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) -> Setup:
@@ -142,6 +164,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     train_src = PackedWindowSource(split_paths(d.train_path, "data.train_path"), d.seq_len, vocab)
     val_src = PackedWindowSource(split_paths(d.val_path, "data.val_path"), d.seq_len, vocab) if d.val_path else None
     plan = make_plan(cfg, mesh, train_src)
+    records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
     if val_src is not None:
         # Read the windows evaluation will read now (all, or the first train.eval_steps batches), so that a bad id
         # fails before step 1 and not at the first evaluation. Training data is checked batch by batch as it is read.
@@ -149,7 +172,11 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         num_read = len(val_src) if not steps else min(len(val_src), steps * plan.eval_batch)
         for first in range(0, num_read, 4096):
             val_src.read_windows(np.arange(first, min(first + 4096, num_read)))
-    step_cfg = StepConfig.from_config(cfg, plan.num_steps)
+    step_cfg = StepConfig.from_config(cfg, plan.num_steps).resolved(mesh.devices.flat[0].platform)
+    # From here on the config names the dtype "auto" picked: config.json and the checkpoints record it, and a resume
+    # compares it, so "auto" resumes a run of the dtype it picks (and refuses one of the other).
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.compute_dtype = step_cfg.compute_dtype
     stream = {
         "global_batch_size": plan.global_batch,
         "num_windows": len(train_src),
@@ -169,6 +196,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         num_params=model.count_params(step_cfg.model),
         flops_per_token=model.flops_per_token(step_cfg.model, d.seq_len),
         peak_flops=model.total_peak_flops(resolve_peak_flops(cfg), jax.devices()),
+        records_tokenizer=records_tokenizer,
     )
 
 
@@ -211,14 +239,17 @@ def resolve_peak_flops(cfg: ml_collections.ConfigDict) -> float:
     return peak if peak else model.measure_matmul_peak()
 
 
-def evaluate(eval_step, params, source: PackedWindowSource, plan: Plan, mesh, max_batches: int) -> dict:
-    """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0)."""
+def evaluate(eval_step, params, source: PackedWindowSource, plan: Plan, mesh, max_batches: int,
+             on_batch=lambda: None) -> dict:  # fmt: skip
+    """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0);
+    `on_batch()` after each batch (the progress bar)."""
     loss_sum, num_tokens = 0.0, 0.0
     with pipeline.eval_batches(source, global_batch_size=plan.eval_batch, sharding=sharding.batch_sharding(mesh)) as it:
         for batch in itertools.islice(it, max_batches or None):
             out = eval_step(params, batch)
             loss_sum += float(out["loss_sum"])
             num_tokens += float(out["num_tokens"])
+            on_batch()
     loss = loss_sum / num_tokens
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
 
@@ -236,7 +267,9 @@ class Evaluation:
 
     def __call__(self, step: int, params) -> None:
         r = self.run
-        self.recorder.eval(step, evaluate(self.eval_fn, params, r.val_src, r.plan, r.mesh, r.cfg.train.eval_steps))
+        with self.recorder.evaluating(step, eval_batches(r)) as on_batch:
+            scores = evaluate(self.eval_fn, params, r.val_src, r.plan, r.mesh, r.cfg.train.eval_steps, on_batch)
+        self.recorder.eval(step, scores)
 
     def missed(self, start_step: int) -> bool:
         """Whether the resumed run must first do the evaluation of its start step. A stop signal at an eval step saves
@@ -249,13 +282,19 @@ class Evaluation:
 
 
 def restore_or_init(run: Setup, layout: StateLayout, ckpt: checkpoint.Checkpointer) -> TrainState:
-    """The newest checkpoint's state, after checking that it continues this run exactly; else a fresh one."""
-    start_step = ckpt.latest_step()
-    if not start_step:
-        return layout.init(run.cfg.train.seed)
-    saved_config, saved_stream = ckpt.restore_json(start_step)
-    check_resumable(saved_config, saved_stream, run.cfg, run.stream, ckpt.directory, start_step)
-    return ckpt.restore(layout, start_step)
+    """The newest intact checkpoint's state, after checking that it continues this run exactly; else a fresh one.
+    A damaged newer step is set aside with a warning (checkpoint.Checkpointer.restore_newest). A fresh state takes
+    its parameters from train.init_from when set (warmstart.py): only at step 0, a resume never reads it."""
+
+    def resume(step: int) -> TrainState:
+        saved_config, saved_stream = ckpt.restore_json(step)
+        check_resumable(saved_config, saved_stream, run.cfg, run.stream, ckpt.directory, step)
+        return ckpt.restore(layout, step)
+
+    found = ckpt.restore_newest(resume, set_aside=True)
+    if found is not None:
+        return found[1]
+    return warmstart.init_state(layout, run.cfg.train.seed, run.cfg.train.init_from)
 
 
 def write_run_record(run: Setup) -> dict:
@@ -267,6 +306,8 @@ def write_run_record(run: Setup) -> dict:
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "device_kind": jax.devices()[0].device_kind,
+        "compute_dtype": run.step_cfg.compute_dtype,  # what train.compute_dtype="auto" picked
+        "eval_batches": eval_batches(run),
     }
     resolved = {"config": run.cfg.to_dict(), "derived": derived}
     if is_lead():
@@ -275,10 +316,48 @@ def write_run_record(run: Setup) -> dict:
     return resolved
 
 
+def check_tokenizer(path: str, vocab_size: int) -> bool:
+    """Whether data.tokenizer_file fits the model, so that the run records it for generation. A file that does not
+    load is an error; one with more ids than model.vocab_size (a run on synthetic ids) is a warning, not recorded."""
+    try:
+        tok = load_tokenizer(path, backend="hf")
+    except PackedDataError as e:
+        raise ValueError(f"data.tokenizer_file={path!r}: {e}") from None
+    if tok.max_id >= vocab_size:
+        warnings.warn(
+            f"data.tokenizer_file={path!r} has ids up to {tok.max_id}, beyond model.vocab_size={vocab_size}: this run"
+            " does not record it, and generation will need --tokenizer_file",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def record_tokenizer(run: Setup) -> None:
+    """DIR/tokenizer.json: the run's tokenizer beside its checkpoints, so that the workdir alone can generate."""
+    src, dst = run.cfg.data.tokenizer_file, checkpoint.tokenizer_path(run.workdir)
+    if not run.records_tokenizer:
+        return
+    with open(src, "rb") as f:
+        data = f.read()
+    if os.path.exists(dst):
+        with open(dst, "rb") as f:
+            if f.read() != data:
+                raise ValueError(
+                    f"data.tokenizer_file={src!r} differs from {dst}, the tokenizer this run started with; "
+                    "a run keeps one tokenizer"
+                )
+        return
+    if is_lead():
+        with atomic_output(dst) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+
+
 def print_banner(run: Setup, start_step: int) -> None:
     if not is_lead():
         return
     plan, cfg, mesh = run.plan, run.cfg, run.mesh
+    platform = mesh.devices.flat[0].platform
     warmup = optim.warmup_steps(run.step_cfg.optim, plan.num_steps)
     capped = f" (optim.warmup_steps={cfg.optim.warmup_steps}, capped at 10% of the {plan.num_steps}-step run)"
     print(
@@ -289,9 +368,32 @@ def print_banner(run: Setup, start_step: int) -> None:
         + (f", resuming at step {start_step}" if start_step else "")
         + (f", stopping after step {run.end_step}" if run.end_step < plan.num_steps else "")
         + f"\n        warmup: {warmup} steps"
-        + (capped if warmup < cfg.optim.warmup_steps else ""),
+        + (capped if warmup < cfg.optim.warmup_steps else "")
+        + f" | compute: {run.step_cfg.compute_dtype} on {platform}"
+        + f"\n        {eval_cost(run)}"
+        + (f"\n        {distributed.describe()}" if jax.process_count() > 1 else ""),
         flush=True,
     )
+
+
+def eval_batches(run: Setup) -> int:
+    """Batches of one evaluation: a full pass over the validation windows, or the first train.eval_steps."""
+    if run.val_src is None:
+        return 0
+    full = -(-len(run.val_src) // run.plan.eval_batch)  # ceil: the last batch is padded and masked
+    return min(full, run.cfg.train.eval_steps) if run.cfg.train.eval_steps else full
+
+
+def eval_cost(run: Setup) -> str:
+    """The banner's line on evaluation: on CPU a full validation pass can cost far more than a short run's steps."""
+    n, plan, t = eval_batches(run), run.plan, run.cfg.train
+    if not n:
+        return "evaluation: none (data.val_path is empty)"
+    tokens = n * plan.eval_batch * run.cfg.data.seq_len
+    count = len({s for s in range(t.eval_every, plan.num_steps + 1, t.eval_every)} | {plan.num_steps})
+    return (f"evaluation: {n} batches of {plan.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
+            f" {tokens / plan.tokens_per_step:,.1f} steps' tokens) every {t.eval_every} steps and at the last:"
+            f" {count} in all" + ("" if t.eval_steps else "; train.eval_steps=N caps it at N batches"))  # fmt: skip
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -300,8 +402,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
     try:
         os.makedirs(r.workdir, exist_ok=True)
     except OSError as e:  # a file in the way, or no permission
-        raise ValueError(f"--workdir={r.workdir}: cannot be used as the run directory ({e})") from e
+        raise ValueError(f"--workdir={r.workdir}: cannot be used as the run directory ({e.strerror})") from None
     with contextlib.ExitStack() as cleanup:  # closes what was opened, last first, however the run ends
+        cleanup.enter_context(checkpoint.exclusive(r.workdir))  # a second run in this workdir is refused, not mixed in
         # First in, last out: the signal handlers stay in place until the final checkpoint is on disk, so a second
         # SIGTERM during that save (a scheduler repeating itself) does not kill the process mid-write.
         stop = StopSignal()
@@ -314,6 +417,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         state = restore_or_init(r, layout, ckpt)
         start_step = int(jax.device_get(state.step))
         # Only now: a refused resume must not overwrite the record of the run that made the checkpoints.
+        record_tokenizer(r)
         resolved = write_run_record(r)
         print_banner(r, start_step)
         step_fn = train_step.make_train_step(layout)
@@ -331,7 +435,21 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         )
         cleanup.callback(batches.close)
         train_loop(r, state, step_fn, batches, ckpt, recorder, evaluation, stop, start_step)
+    plot_metrics(r.workdir)  # the checkpoint is on disk and metrics.jsonl closed: nothing left to wait for it
     return recorder.last
+
+
+def plot_metrics(workdir: str) -> None:
+    """DIR/metrics.png on process 0; any failure is a one-line warning, never a failed run."""
+    if not is_lead():
+        return
+    try:
+        from jaxgpt import plots  # here: matplotlib's import (0.3 s) stays off the run's start
+
+        plots.plot_runs([workdir])
+    except Exception as e:  # noqa: BLE001 - a picture of the run must never fail the run
+        reason = (str(e).splitlines() or [""])[0]
+        warnings.warn(f"{workdir}/metrics.png not written: {type(e).__name__}: {reason}", stacklevel=2)
 
 
 def train_loop(r: Setup, state, step_fn, batches, ckpt, recorder: Recorder, evaluation: Evaluation,
@@ -413,7 +531,8 @@ def check_overrides(argv: list[str]) -> None:
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(none)"
                 where = ".".join(walked) or "the config"
-                raise SystemExit(f"{arg}: unknown config key {key!r}: {where} has no {part!r}; its keys are: {known}")
+                shown = arg.replace("\n", "\\n")  # one line, whatever the value holds
+                raise SystemExit(f"{shown}: unknown config key {key!r}: {where} has no {part!r}; its keys are: {known}")
             node = node[part]
             walked.append(part)
 
@@ -426,23 +545,26 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/gpt60m.py")
     logging.set_verbosity(logging.WARNING)  # the progress bar is the console; Orbax's INFO lines would bury it
-    if _COORDINATOR.value or _NUM_PROCESSES.value:
-        # CPU processes need gloo for cross-process collectives (GPU backends ignore this option).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:  # the flags, else JAX's coordinator variables, else a SLURM step (srun); else one process
+        launch = distributed.detect(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    distributed.initialize(launch)
     try:
         run(_CONFIG.value, _WORKDIR.value, stop_after=_STOP_AFTER.value)
     except (TrainingStopped, ValueError, checkpoint.CheckpointError) as e:
         # Bad input and deliberate stops end with one clear line, not a traceback.
         sys.exit(f"error: {e}")
+    except OSError as e:  # the workdir's disk is full or gone while metrics or config.json are written
+        sys.exit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     check_overrides(argv)
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        raise SystemExit(f"error: {e}") from None
+    except flags.Error as e:  # absl echoes the value as given: a newline in it must not break the one line
+        raise SystemExit("error: " + str(e).replace("\n", "\\n")) from None
 
 
 if __name__ == "__main__":

@@ -279,20 +279,26 @@ def test_a_file_in_the_way_of_the_workdir_or_its_checkpoints_is_named(tmp_path):
         train.run(tiny_config(), str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("damage", ["no_params", "no_data", "foreign_step"])
+@pytest.mark.parametrize("damage", ["no_params", "no_data"])
 def test_a_damaged_checkpoint_is_a_checkpoint_error_naming_it(straight_run, tmp_path, damage):
     workdir, step = str(tmp_path), STEPS
     shutil.copytree(f"{checkpoint.checkpoint_dir(straight_run)}/{STEPS}", f"{tmp_path}/checkpoints/{STEPS}")
-    if damage == "foreign_step":  # a step directory some other tool left
-        step = STEPS + 3
-        os.makedirs(f"{tmp_path}/checkpoints/{step}/foo")
-    else:
-        shutil.rmtree(f"{tmp_path}/checkpoints/{STEPS}/{damage.removeprefix('no_')}")
+    shutil.rmtree(f"{tmp_path}/checkpoints/{STEPS}/{damage.removeprefix('no_')}")
     expected = re.escape(f"{checkpoint.checkpoint_dir(workdir)}/{step}: cannot restore it: not a complete jaxgpt")
     with pytest.raises(checkpoint.CheckpointError, match=expected):
         train.run(tiny_config(), workdir)
     with pytest.raises(checkpoint.CheckpointError, match=expected):
         checkpoint.load(workdir)
+
+
+def test_a_step_directory_another_tool_left_is_passed_over_with_a_warning(straight_run, tmp_path):
+    workdir, foreign = str(tmp_path), STEPS + 3
+    shutil.copytree(f"{checkpoint.checkpoint_dir(straight_run)}/{STEPS}", f"{tmp_path}/checkpoints/{STEPS}")
+    os.makedirs(f"{tmp_path}/checkpoints/{foreign}/foo")  # never committed by Orbax
+    with pytest.raises(checkpoint.CheckpointError, match=f"{foreign}"):
+        checkpoint.load(workdir, step=foreign)
+    with pytest.warns(UserWarning, match=f"{foreign}: damaged checkpoint .*falling back to step {STEPS}"):
+        train.run(tiny_config(), workdir)
 
 
 def test_token_ids_beyond_the_vocab_are_a_data_error(tmp_path):

@@ -13,6 +13,10 @@ SPEC.json holds {"model": <jaxgpt ModelConfig fields>, "mode": "logits" | "bench
           AdamW state stay float32 and the forward runs under torch.autocast(bfloat16) when asked: the precision
           Modalities' FSDP mixed-precision setting BF_16 computes in. Steps are queued back to back and the clock
           stops after the last one finishes (no per-step host sync), as in a training loop that logs now and then.
+  generate: {"weights": W.npz, "tokens": X.npy int [B, P], "new_tokens": n, "threads": t}
+          decodes n greedy tokens the way Modalities' generate_text does (TextInferenceComponent.generate_tokens):
+          a full forward over the whole growing sequence for every token, no cache, float32, no_grad; times it
+          without the per-token text decoding and prints {"seconds": ..., "tokens_per_s": ..., "ids": [[...]]}.
 """
 
 import json
@@ -144,9 +148,24 @@ def bench(spec: dict) -> None:
     print(json.dumps({"params": params, "step_s": step_s, "tokens_per_s": B * T / step_s, "peak_memory_bytes": peak}))
 
 
+def generate(spec: dict) -> None:
+    torch.set_num_threads(spec["threads"])
+    model = build(spec["model"]).eval()
+    load_jaxgpt_weights(model, dict(np.load(spec["weights"])), spec["model"]["tie_embeddings"])
+    tokens = torch.from_numpy(np.load(spec["tokens"]).astype(np.int64))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(spec["new_tokens"]):
+            logits = model({"input_ids": tokens})["logits"][:, -1, :]
+            tokens = torch.cat([tokens, torch.argmax(logits, dim=-1, keepdim=True)], dim=1)
+    seconds = time.perf_counter() - start
+    new = tokens[:, -spec["new_tokens"] :].tolist()
+    print(json.dumps({"seconds": seconds, "tokens_per_s": tokens.shape[0] * spec["new_tokens"] / seconds, "ids": new}))
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     with open(sys.argv[1]) as f:
         spec = json.load(f)
-    {"logits": logits, "bench": bench}[spec["mode"]](spec)
+    {"logits": logits, "bench": bench, "generate": generate}[spec["mode"]](spec)

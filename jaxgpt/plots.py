@@ -1,0 +1,235 @@
+"""A run's curves from its metrics.jsonl: train and eval loss against step (tokens seen on the top axis), learning
+rate, gradient norm and throughput, for one run or several overlaid.
+
+`python tools/plot_metrics.py DIR [DIR ...] [--out F.png]` is the CLI; `train.run` writes DIR/metrics.png through
+`plot_runs` when it ends. In a notebook, `figure(read_runs([DIR]))` shows itself as a PNG, no pyplot needed.
+
+Reading is tolerant where a real run leaves gaps and strict where a file was damaged: a half-written last line (a run
+still writing, or killed mid-line) is not an event yet and is skipped; a run without validation data has no eval
+events; a step logged twice (a file a resume appended to) keeps its later record. Any other line that is not a jaxgpt
+event is an error naming the file and line, since jaxgpt writes whole lines and rewrites the file on resume.
+
+Only matplotlib's object API (Figure and the Agg canvas), never pyplot: nothing here selects a backend, needs a
+display or changes the pyplot state of a notebook. Never imports jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator
+
+from jaxgpt.data.atomic import atomic_output
+from jaxgpt.data.errors import PackedDataError
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+PLOT_FILE = "metrics.png"
+# The event kinds drawn, the value each must hold and the values drawn when present (recorder.py writes them); other
+# kinds and keys (a newer jaxgpt's) are passed over.
+REQUIRED = {"train": "loss", "eval": "eval_loss"}
+DRAWN = {"train": ("loss", "lr", "grad_norm", "tokens_per_s"), "eval": ("eval_loss",)}
+
+
+class MetricsError(PackedDataError):
+    """A metrics.jsonl, config.json or output path that cannot be used; the message names the file (and line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMetrics:
+    """One run's events by step, in step order."""
+
+    label: str  # the run's name in the legend
+    train: dict[int, dict]  # step -> train event
+    eval: dict[int, dict]  # step -> eval event; empty for a run without validation data
+    tokens_per_step: int | None  # from the run's config.json; None when the workdir has none
+
+    def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of `key` over the events of `kind` that hold it."""
+        events = self.train if kind == "train" else self.eval
+        steps = [s for s, e in events.items() if key in e]
+        return steps, [float(events[s][key]) for s in steps]
+
+
+def read_events(path: str) -> dict[str, dict[int, dict]]:
+    """{"train": {step: event}, "eval": {step: event}} of one metrics.jsonl, checked line by line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise MetricsError(f"{path}: no such file (a jaxgpt workdir holds one from its first logged step)") from None
+    except OSError as e:
+        raise MetricsError(f"{path}: cannot read it ({e.strerror})") from None
+    events = {kind: {} for kind in REQUIRED}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line.rstrip("\n"))
+        except (ValueError, RecursionError) as e:  # also an integer of > 4300 digits, or nesting past the stack
+            if lineno == len(lines):  # what a run still writing, or killed mid-line, leaves: not an event yet
+                continue
+            why = f"{e.msg}: column {e.colno}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise MetricsError(
+                f"{path}:{lineno}: not a JSON line ({why}); jaxgpt writes whole lines, so something else changed "
+                "this file"
+            ) from None
+        kind = check_event(event, path, lineno)
+        if kind in events:
+            # A step logged twice: a resume appended to the file of the run it continues; its later record holds.
+            events[kind][event["step"]] = event
+    return {kind: dict(sorted(by_step.items())) for kind, by_step in events.items()}
+
+
+def check_event(event, path: str, lineno: int) -> str | None:
+    """The event's kind, after checking the fields this module reads."""
+    if not isinstance(event, dict):
+        raise MetricsError(f"{path}:{lineno}: {type(event).__name__} {event!r:.60} is not a jaxgpt event (an object)")
+    step, kind = event.get("step"), event.get("event")
+    if type(step) is not int or step < 0:
+        raise MetricsError(f"{path}:{lineno}: step={step!r} is not a step number (an integer >= 0)")
+    if kind not in REQUIRED:
+        return kind
+    if REQUIRED[kind] not in event:
+        raise MetricsError(f"{path}:{lineno}: this {kind} event has no {REQUIRED[kind]!r}")
+    for key in DRAWN[kind]:
+        value = event.get(key, 0.0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise MetricsError(f"{path}:{lineno}: {key}={value!r} is not a number")
+    return kind
+
+
+def read_tokens_per_step(path: str) -> int | None:
+    """derived.tokens_per_step of a run's config.json; None when the file is absent (a metrics.jsonl copied alone)."""
+    try:
+        with open(path) as f:
+            resolved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MetricsError(f"{path}: cannot read it as JSON ({e})") from None
+    derived = resolved.get("derived") if isinstance(resolved, dict) else None
+    value = derived.get("tokens_per_step") if isinstance(derived, dict) else None
+    if type(value) is not int or value < 1:
+        raise MetricsError(f"{path}: derived.tokens_per_step={value!r} is not a token count (is it a jaxgpt run's?)")
+    return value
+
+
+def locate(path: str) -> tuple[str, str]:
+    """(workdir, metrics file) of a run named by its workdir or by its metrics .jsonl file."""
+    if path.endswith(".jsonl"):
+        return os.path.dirname(path) or ".", path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise MetricsError(f"{path}: not a run directory (give the workdir, or its {METRICS_FILE})")
+    return path, os.path.join(path, METRICS_FILE)
+
+
+def default_labels(paths: list[str]) -> list[str]:
+    """Each run's folder name, or its path where two folders share a name."""
+    folders = [os.path.normpath(locate(p)[0]) for p in paths]
+    names = [os.path.basename(os.path.abspath(f)) for f in folders]
+    return names if len(set(names)) == len(names) else folders
+
+
+def read_run(path: str, label: str) -> RunMetrics:
+    """A workdir's (or its metrics.jsonl's) events and tokens per step."""
+    workdir, metrics_path = locate(path)
+    events = read_events(metrics_path)
+    if not events["train"]:
+        raise MetricsError(f"{metrics_path}: holds no train events yet, so there is nothing to plot")
+    tokens = read_tokens_per_step(os.path.join(workdir, CONFIG_FILE))
+    return RunMetrics(label, events["train"], events["eval"], tokens)
+
+
+def read_runs(paths: list[str], labels: list[str] | None = None) -> list[RunMetrics]:
+    if not paths:
+        raise MetricsError("no run given: name one or more workdirs")
+    labels = labels or default_labels(paths)
+    return [read_run(p, label) for p, label in zip(paths, labels, strict=True)]
+
+
+class RunsFigure(Figure):
+    """A Figure that a notebook shows as a PNG without pyplot (a bare Figure displays as its repr there)."""
+
+    def _repr_png_(self) -> bytes:
+        png = io.BytesIO()
+        self.savefig(png, format="png")
+        return png.getvalue()
+
+
+def figure(runs: list[RunMetrics]) -> RunsFigure:
+    """Loss (train solid, eval dashed), lr, grad norm and tokens/s against step; one colour per run."""
+    fig = RunsFigure(figsize=(12, 8), dpi=100)
+    FigureCanvasAgg(fig)  # the canvas savefig renders on; attached here, so no pyplot backend is involved
+    # Fixed margins (room for the tokens axis and the title above): a constrained layout doubles the drawing time,
+    # 0.3 s more at the end of every run.
+    grid = {"left": 0.07, "right": 0.98, "bottom": 0.07, "top": 0.87, "hspace": 0.22, "wspace": 0.2}
+    ax_loss, ax_lr, ax_grad, ax_speed = fig.subplots(2, 2, sharex=True, gridspec_kw=grid).flat
+    for i, run in enumerate(runs):
+        color, name = f"C{i % 10}", run.label if len(runs) > 1 else ""
+        ax_loss.plot(*run.series("train", "loss"), color=color, label=f"{name} train".strip())
+        if run.eval:
+            ax_loss.plot(*run.series("eval", "eval_loss"), "o--", color=color, label=f"{name} eval".strip())
+        ax_lr.plot(*run.series("train", "lr"), color=color, label=run.label)
+        ax_grad.plot(*run.series("train", "grad_norm"), color=color, label=run.label)
+        ax_speed.plot(*run.series("train", "tokens_per_s"), color=color, label=run.label)
+    ax_loss.set(title="loss", ylabel="cross-entropy (nats/token)")
+    ax_lr.set(title="learning rate")
+    ax_grad.set(title="gradient norm (before clipping)")
+    # The first logged step of a run, and of every resume, includes compilation and runs 10-100x slower: on a log
+    # axis the steady state stays readable next to it.
+    ax_speed.set(title="throughput", ylabel="tokens/s", yscale="log")
+    for ax in (ax_grad, ax_speed):
+        ax.set_xlabel("step")
+    ax_grad.xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all four panels
+    ax_loss.legend()
+    if len(runs) > 1:
+        ax_lr.legend()
+    else:
+        fig.suptitle(runs[0].label)
+    tokens_axis(ax_loss, runs)
+    return fig
+
+
+def tokens_axis(ax, runs: list[RunMetrics]) -> None:
+    """Tokens seen on the top axis, where every run has the same tokens per step; else the title says why not."""
+    per_step = {run.tokens_per_step for run in runs}
+    if len(per_step) != 1 or None in per_step:
+        missing = [run.label for run in runs if run.tokens_per_step is None]
+        why = f"no {CONFIG_FILE} in {', '.join(missing)}" if missing else "the runs differ in tokens/step"
+        ax.set_title(f"loss (no tokens axis: {why})")
+        return
+    (n,) = per_step
+    top = ax.secondary_xaxis("top", functions=(lambda step: step * n, lambda tokens: tokens / n))
+    top.set_xlabel(f"tokens seen ({n:,} per step)")
+    top.xaxis.set_major_formatter(EngFormatter())
+
+
+def save(fig: Figure, out: str) -> None:
+    """Writes the figure to `out` whole or not at all, in the format its extension names."""
+    if os.path.isdir(out):
+        raise MetricsError(f"{out}: is a directory, not an image file")
+    ext = os.path.splitext(out)[1].lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if ext not in formats:
+        known = ", ".join(sorted(formats))
+        raise MetricsError(f"{out}: the extension {ext!r} names no image format; use one of {known}")
+    try:
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp, format=ext)
+    except OSError as e:
+        raise MetricsError(f"{out}: cannot write it ({e.strerror or e})") from None
+
+
+def plot_runs(paths: list[str], out: str | None = None, labels: list[str] | None = None) -> str:
+    """Draws the runs (workdirs or metrics.jsonl files) into `out`, by default the first run's metrics.png."""
+    runs = read_runs(paths, labels)
+    if out is None:
+        out = os.path.join(locate(paths[0])[0], PLOT_FILE)
+    save(figure(runs), out)
+    return out
