@@ -60,7 +60,9 @@ def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling, vocab_l
     logits_BxV = jnp.where(jnp.arange(V) < vocab_limit, logits_BxV.astype(jnp.float32), -jnp.inf)
     if sampling.temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV / sampling.temperature
+    # from the row's max first: a tiny temperature then sends the others to -inf, not the max to +inf (which would
+    # make every token tie and the draw pick id 0)
+    logits_BxV = (logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)) / sampling.temperature
     if sampling.top_k:
         kth_Bx1 = jax.lax.top_k(logits_BxV, min(sampling.top_k, vocab_limit))[0][:, -1:]
         logits_BxV = jnp.where(logits_BxV >= kth_Bx1, logits_BxV, -jnp.inf)
@@ -75,9 +77,10 @@ def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling, vocab_l
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "sampling", "max_new", "eos_id", "vocab_limit"))
-def _decode(graphdef, params, tokens_BxP, first_B, keys_B, *, mesh, sampling, max_new, eos_id, vocab_limit):
+def _decode(graphdef, params, tokens_BxP, first_B, keys_B, num_real, *, mesh, sampling, max_new, eos_id, vocab_limit):
     """(new ids [B, M], -1 after a row's eos; decode steps run): the loop ends once every row has emitted eos_id
-    (None: never) or M tokens."""
+    (None: never) or M tokens. Rows from num_real on are filler (the batch padded to the mesh): done from the start,
+    so that they never keep the loop running."""
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         model = nnx.merge(graphdef, params)
         B, P = tokens_BxP.shape
@@ -107,7 +110,7 @@ def _decode(graphdef, params, tokens_BxP, first_B, keys_B, *, mesh, sampling, ma
             i, *_, done_B = carry
             return (i < max_new) & ~jnp.all(done_B)
 
-        carry = (jnp.int32(1), ids_B, cache, out_BxM, ended(ids_B))
+        carry = (jnp.int32(1), ids_B, cache, out_BxM, ended(ids_B) | (jnp.arange(B) >= num_real))
         steps, _, _, out_BxM, _ = jax.lax.while_loop(cond, body, carry)
         return out_BxM, steps
 
@@ -166,7 +169,9 @@ def generate_ids(
     sample_ids = list(range(len(prompt_ids))) if sample_ids is None else sample_ids
     mesh = model_mesh(model)
     shards = sharding.data_parallel_size(mesh)
-    rows = math.ceil(max(1, min(batch_size, len(prompt_ids))) / shards) * shards  # B divides over the batch axes
+    # B: a power of two up to batch_size (few shapes, few compiles), a multiple of the batch axes' size
+    rows = min(batch_size, 1 << (len(prompt_ids) - 1).bit_length())
+    rows = math.ceil(rows / shards) * shards
     graphdef, params = nnx.split(model)
     static = dict(mesh=mesh, sampling=sampling, max_new=max_new_tokens, eos_id=eos_id, vocab_limit=vocab_size)
     out = []
@@ -185,7 +190,7 @@ def _decode_rows(graphdef, params, chunk, sample_ids, seed, rows, max_slots, sta
     keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), np.asarray(sample_ids))
     tokens_BxP = jax.device_put(tokens_BxP, sharding.batch_sharding(mesh))
     first_B = jax.device_put(first_B, jax.sharding.NamedSharding(mesh, sharding.logical_spec("batch")))
-    new_BxM, _ = _decode(graphdef, params, tokens_BxP, first_B, keys_B, **static)
+    new_BxM, _ = _decode(graphdef, params, tokens_BxP, first_B, keys_B, jnp.int32(len(chunk)), **static)
     return np.asarray(jax.device_get(new_BxM))
 
 

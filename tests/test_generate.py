@@ -122,10 +122,21 @@ def test_the_loop_ends_when_every_row_has_emitted_eos(model):
     tokens_BxP, first_B = generate._left_pad(PROMPTS[:1], 1, pad_id=0, max_slots=52)
     kw = {"mesh": generate.model_mesh(model), "sampling": generate.Sampling(), "max_new": 12, "vocab_limit": VOCAB}
     keys_B = jax.random.split(jax.random.key(0), 1)
-    out_BxM, steps = generate._decode(graphdef, params, tokens_BxP, first_B, keys_B, eos_id=first, **kw)
+    out_BxM, steps = generate._decode(graphdef, params, tokens_BxP, first_B, keys_B, 1, eos_id=first, **kw)
     assert int(steps) == 1 and np.asarray(out_BxM)[0].tolist() == [first] + [-1] * 11  # eos at once: no decode step
-    out_BxM, steps = generate._decode(graphdef, params, tokens_BxP, first_B, keys_B, eos_id=None, **kw)
+    out_BxM, steps = generate._decode(graphdef, params, tokens_BxP, first_B, keys_B, 1, eos_id=None, **kw)
     assert int(steps) == 12 and (np.asarray(out_BxM) >= 0).all()
+    # the same row among 7 filler rows (a batch padded to the mesh): the filler rows must not keep the loop going
+    tokens_BxP, first_B = generate._left_pad(PROMPTS[:1], 8, pad_id=first, max_slots=52)
+    keys_B = jax.random.split(jax.random.key(0), 8)
+    out_BxM, steps = generate._decode(graphdef, params, tokens_BxP, first_B, keys_B, 1, eos_id=first, **kw)
+    assert int(steps) == 1 and np.asarray(out_BxM)[0].tolist() == [first] + [-1] * 11
+
+
+def test_a_tiny_temperature_is_greedy_not_id_0(model):
+    greedy = generate.generate_ids(model, PROMPTS, max_new_tokens=6, eos_id=None)
+    assert greedy == generate.generate_ids(model, PROMPTS, max_new_tokens=6, eos_id=None, temperature=1e-38)
+    assert 0 not in {i for row in greedy for i in row}  # else the test could not tell
 
 
 def test_the_2x2x2_mesh_gives_the_tokens_of_one_device(model):
