@@ -29,7 +29,7 @@ from flax import nnx
 
 from jaxgpt import checkpoint, sharding
 from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.errors import PackedDataError
+from jaxgpt.data.cli import clean_errors
 from jaxgpt.data.tokenize import Tokenizer, load_tokenizer
 from jaxgpt.model import GPT
 
@@ -354,8 +354,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with clean_errors(ValueError, checkpoint.CheckpointError, OSError):
         main(sys.argv[1:])
-    except (ValueError, PackedDataError, checkpoint.CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)

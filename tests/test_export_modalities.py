@@ -14,8 +14,9 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, TOKENIZER
-from jaxgpt import hf, modalities_export, warmstart
-from jaxgpt.model import GPT, ModelConfig
+from jaxgpt import hf, modalities_export
+from jaxgpt.model import ModelConfig
+from test_export_hf import _random_params, jaxgpt_model
 
 MODALITIES = REPO / ".bench_cache" / "modalities-venv" / "bin"
 pytestmark = pytest.mark.skipif(not (MODALITIES / "python").exists(), reason=f"Modalities venv absent ({MODALITIES})")
@@ -76,22 +77,6 @@ def _tokenizer(directory):
     return tok
 
 
-def _random_params(cfg, seed):
-    flat = warmstart.flat_params(nnx.state(GPT(cfg, rngs=nnx.Rngs(seed)), nnx.Param))
-    rng = np.random.default_rng(seed)
-    for key, value in flat.items():
-        if key.endswith(".bias"):
-            flat[key] = rng.normal(0.0, 0.1, value.shape).astype(np.float32)
-        elif "norm" in key:
-            flat[key] = (1.0 + rng.normal(0.0, 0.2, value.shape)).astype(np.float32)
-    return flat
-
-
-def _model(cfg, flat):
-    model = GPT(cfg, rngs=nnx.Rngs(0), platform="cpu")
-    nnx.update(model, warmstart.with_params(nnx.state(model, nnx.Param), flat))
-    return model
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -120,7 +105,7 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gpt2llm_from_model_config_loads_model_bin_strictly_with_equal_logits(name, exported):
     cfg, flat, tokens, folder = exported[0][name]
-    want = np.asarray(nnx.jit(lambda m, t: m(t))(_model(cfg, flat), jnp.asarray(tokens)))
+    want = np.asarray(nnx.jit(lambda m, t: m(t))(jaxgpt_model(cfg, flat), jnp.asarray(tokens)))
     got = np.load(folder.parent / "logits.npy")
     assert np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
     assert np.abs(want).max() > 0.5
@@ -130,7 +115,7 @@ def test_generate_text_runs_and_continues_as_jaxgpt_greedily(exported):
     (cfg, flat, _, folder), tok = exported[0]["generate"], exported[1]
     printed = (folder.parent / "generated.txt").read_text()
     # jaxgpt's greedy continuation, by full forwards, up to generate_text's length (seq_len tokens in all) or eod
-    model, ids = _model(cfg, flat), tok.encode(PROMPT).ids
+    model, ids = jaxgpt_model(cfg, flat), tok.encode(PROMPT).ids
     forward = nnx.jit(lambda m, t: m(t))
     new = []
     while len(ids) < cfg.seq_len:

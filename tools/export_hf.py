@@ -9,7 +9,6 @@ OUT gets config.json, model.safetensors, the tokenizer files (bos/eos/pad = the 
 """
 
 import argparse
-import sys
 
 
 def main() -> None:
@@ -23,15 +22,11 @@ def main() -> None:
     args = p.parse_args()
 
     from jaxgpt import checkpoint, hf
+    from jaxgpt.data.cli import clean_errors
 
-    try:
+    with clean_errors(hf.ExportError, checkpoint.CheckpointError):
         hf.export_workdir(args.workdir, args.out, step=args.step, dtype=args.dtype,
                           tokenizer_file=args.tokenizer_file, eod_token=args.eod_token)  # fmt: skip
-    except (hf.ExportError, checkpoint.CheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:
-        print("interrupted; no output was left behind", file=sys.stderr)
-        raise SystemExit(130) from None
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ Needs torch (the test extra); the paths inside text_generation.yaml are absolute
 """
 
 import argparse
-import sys
 
 
 def main() -> None:
@@ -24,15 +23,11 @@ def main() -> None:
     args = p.parse_args()
 
     from jaxgpt import checkpoint, hf, modalities_export
+    from jaxgpt.data.cli import clean_errors
 
-    try:
+    with clean_errors(hf.ExportError, checkpoint.CheckpointError):
         modalities_export.export_workdir(args.workdir, args.out, step=args.step, tokenizer_file=args.tokenizer_file,
                                          eod_token=args.eod_token, prompt=args.prompt)  # fmt: skip
-    except (hf.ExportError, checkpoint.CheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:
-        print("interrupted; no output was left behind", file=sys.stderr)
-        raise SystemExit(130) from None
     print(f"wrote {args.out}")
 
 

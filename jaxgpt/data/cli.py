@@ -8,11 +8,12 @@ from jaxgpt.data.errors import PackedDataError
 
 
 @contextlib.contextmanager
-def clean_errors():
-    """Bad input exits with `error: <path:line: reason>` and status 1; Ctrl-C with status 130."""
+def clean_errors(*also: type[BaseException]):
+    """Bad input exits with `error: <path:line: reason>` and status 1; Ctrl-C with status 130. `also`: the other
+    error types a command's clean messages come as (CheckpointError, ExportError, ValueError, ...)."""
     try:
         yield
-    except PackedDataError as e:
+    except (PackedDataError, *also) as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:
         print("interrupted; no output was left behind", file=sys.stderr)
