@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -66,6 +67,34 @@ def test_a_short_context_caps_the_prompt_bucket():
     prompts = [[3, 4, 5, 6, 7], [9] * 32]
     cached = generate.generate_ids(model, prompts, max_new_tokens=16, eos_id=None)
     assert cached == generate.reforward_ids(model, prompts, max_new_tokens=16)
+
+
+def test_decoding_across_growing_caches_equals_full_reforward():
+    # P = 64 slots and 150 new tokens: three decode loops, with caches of 128, 192 and 213 slots
+    assert generate.cache_capacities(64, 150) == [128, 192, 213]
+    model = make_model(seq_len=256)
+    cached = generate.generate_ids(model, PROMPTS[:2], max_new_tokens=150, eos_id=None, vocab_size=LIMIT)
+    assert cached == generate.reforward_ids(model, PROMPTS[:2], max_new_tokens=150, vocab_size=LIMIT)
+
+
+@pytest.mark.parametrize("P, max_new", [(64, 1), (64, 2), (64, 65), (64, 66), (128, 448), (32, 16)])
+def test_cache_capacities_grow_to_what_the_last_token_needs(P, max_new):
+    capacities = generate.cache_capacities(P, max_new)
+    assert capacities[0] >= P and capacities[-1] == P + max_new - 1  # the prefill fits; the last token's slot is there
+    assert all(b - a == generate.CACHE_STEP for a, b in zip(capacities, capacities[1:-1]))
+    assert all(a < b for a, b in zip(capacities, capacities[1:]))
+
+
+def test_the_decode_layout_transposes_a_copy_and_keeps_the_logits():
+    model = make_model()
+    assert generate.decode_layout(model, generate.TRANSPOSED_FROM_ROWS - 1) is model
+    copy = generate.decode_layout(model, generate.TRANSPOSED_FROM_ROWS)
+    kernel = model.h[0].mlp.W_2.kernel[...]
+    assert copy.h[0].mlp.W_2.transposed and not model.h[0].mlp.W_2.transposed
+    np.testing.assert_array_equal(copy.h[0].mlp.W_2.kernel[...], kernel.T)
+    assert model.h[0].mlp.W_2.kernel[...].shape == kernel.shape  # the model itself is untouched
+    tokens_BxT = jnp.asarray([p + [0] * (21 - len(p)) for p in PROMPTS])
+    np.testing.assert_allclose(copy(tokens_BxT), model(tokens_BxT), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,9 @@ def init_stds(cfg: ModelConfig) -> tuple[float, float]:
 
 
 class Linear(nnx.Module):
-    """x @ kernel (+ bias) in the compute dtype; kernel [in, out]."""
+    """x @ kernel (+ bias) in the compute dtype; kernel [in, out], or [out, in] when `transposed`."""
+
+    transposed = False  # generation's layout on CPU (jaxgpt.generate.decode_layout); training never sets it
 
     def __init__(self, d_in: int, d_out: int, axes: tuple, *, use_bias: bool, std: float, dtype, rngs: nnx.Rngs):
         self.kernel = param(std * jax.random.normal(rngs.params(), (d_in, d_out), jnp.float32), axes)
@@ -47,7 +49,13 @@ class Linear(nnx.Module):
         # XLA's CPU backend feeds to its GEMM as they are. From a 3-D einsum it first copied activations into
         # transposed layouts, slowly (gpt60m CPU step: 21.4 -> 18.0 s with this). On GPU both are one cuBLAS call.
         x_NxI = x_BxTxI.reshape(-1, x_BxTxI.shape[-1])  # [B, T, I] -> [B*T, I]
-        y_NxO = x_NxI.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        if self.transposed:
+            # [O, I] kernel rows against [N, I] rows into [O, N]; the barrier keeps XLA from folding the final transpose
+            # back into the matmul, which would make it the slow [N, I] @ [I, O] again
+            y_OxN = jnp.einsum("OI,NI->ON", self.kernel[...].astype(self.dtype), x_NxI.astype(self.dtype))
+            y_NxO = jax.lax.optimization_barrier(y_OxN).T
+        else:
+            y_NxO = x_NxI.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
         if self.bias is not None:
             y_NxO = y_NxO + self.bias[...].astype(self.dtype)
         return y_NxO.reshape(*x_BxTxI.shape[:-1], y_NxO.shape[-1])  # [B*T, O] -> [B, T, O]
