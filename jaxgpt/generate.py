@@ -113,18 +113,18 @@ def _decode(graphdef, params, tokens_BxP, first_B, keys_B, num_real, *, mesh, sa
             out_BxM = jax.lax.dynamic_update_slice_in_dim(out_BxM, ids_B[:, None], i, axis=1)
             return i + 1, ids_B, cache, out_BxM, done_B | ended(ids_B)
 
-        def cond(carry):
+        def cond(carry, last: int):
             i, *_, done_B = carry
-            return (i < max_new) & ~jnp.all(done_B)
+            return (i < last) & ~jnp.all(done_B)
 
         carry = (jnp.int32(1), ids_B, cache, out_BxM, ended(ids_B) | (jnp.arange(B) >= num_real))
         for capacity in capacities:
             i, ids_B, cache, out_BxM, done_B = carry
             grow = ((0, 0), (0, 0), (0, capacity - cache[0][0].shape[2]), (0, 0))
             cache = [tuple(constrain(jnp.pad(c, grow), *CACHE_AXES) for c in kv) for kv in cache]
-            # this loop's steps write slots up to capacity - 1: the step drawing token i writes slot P + i - 1
+            # the step drawing token i writes slot P + i - 1: this loop's steps fill the slots up to capacity - 1
             last = min(max_new, capacity - P + 1)
-            carry = jax.lax.while_loop(lambda c, last=last: cond(c) & (c[0] < last), body, (i, ids_B, cache, out_BxM, done_B))
+            carry = jax.lax.while_loop(functools.partial(cond, last=last), body, (i, ids_B, cache, out_BxM, done_B))
         steps, _, _, out_BxM, _ = carry
         return out_BxM, steps
 

@@ -69,14 +69,19 @@ def model_config(m) -> dict:
     }  # fmt: skip
 
 
-def text_generation_config(m, out: str, *, eod_token: str, prompt: str) -> dict:
+# Modalities resolves this to the folder of the config file it loads, so the exported folder can move. Alone it
+# resolves to a Path, which the tokenizer's config refuses: always followed by "/..." here.
+FOLDER = "${modalities_env:config_folder_path}"
+
+
+def text_generation_config(m, *, eod_token: str, prompt: str) -> dict:
     """A `modalities generate_text` config: GPT2LLM from model_config's settings, model.bin through the `torch`
-    checkpoint loading in float32 on the CPU, the exported tokenizer; greedy (temperature 0). Paths are absolute."""
-    out = os.path.abspath(out)
+    checkpoint loading in float32 on the CPU, the exported tokenizer; greedy (temperature 0). Its paths are relative to
+    its own folder (FOLDER)."""
     return {
         "settings": {
             "referencing_keys": {"sample_key": "input_ids", "prediction_key": "logits"},
-            "model_path": os.path.join(out, "model.bin"),
+            "model_path": f"{FOLDER}/model.bin",
             "device": "cpu",  # or a CUDA device index, e.g. 0
             "sequence_length": m.seq_len,
         },
@@ -101,7 +106,7 @@ def text_generation_config(m, out: str, *, eod_token: str, prompt: str) -> dict:
         "model": {"component_key": "model", "variant_key": "gpt2", "config": model_config(m)},
         "tokenizer": {
             "component_key": "tokenizer", "variant_key": "pretrained_hf_tokenizer",
-            "config": {"pretrained_model_name_or_path": out, "padding": False, "truncation": False},
+            "config": {"pretrained_model_name_or_path": f"{FOLDER}/", "padding": False, "truncation": False},
         },
     }  # fmt: skip
 
@@ -117,7 +122,7 @@ def write_folder(out: str, params: dict[str, np.ndarray], m, *, tokenizer_file: 
     eod, real_vocab = hf.special_ids(tokenizer_file, eod_token)
     if real_vocab > m.vocab_size:
         raise hf.ExportError(f"{tokenizer_file}: {real_vocab} tokens do not fit model.vocab_size={m.vocab_size}")
-    generation = text_generation_config(m, out, eod_token=eod_token, prompt=prompt)
+    generation = text_generation_config(m, eod_token=eod_token, prompt=prompt)
     tensors = {k: torch.from_numpy(v.copy()) for k, v in state_dict(params, m).items()}
     if m.tie_embeddings:  # one tensor under both keys, as a tied GPT2LLM's own state dict holds it
         tensors["transformer.lm_head.weight"] = tensors["transformer.wte.weight"]

@@ -288,6 +288,11 @@ def restore_or_init(run: Setup, layout: StateLayout, ckpt: checkpoint.Checkpoint
 
     def resume(step: int) -> TrainState:
         saved_config, saved_stream = ckpt.restore_json(step)
+        origin = saved_config.get("train", {}).get("init_from", "")
+        if origin and not run.cfg.train.init_from:
+            # the resume command need not repeat where the run started; config.json and the saves keep recording it
+            print(f"jaxgpt: resuming a run that started from train.init_from={origin}", file=sys.stderr)
+            run.cfg.train.init_from = origin
         check_resumable(saved_config, saved_stream, run.cfg, run.stream, ckpt.directory, step)
         return ckpt.restore(layout, step)
 

@@ -89,8 +89,10 @@ def exported(tmp_path_factory):
     for seed, (name, cfg) in enumerate(sorted(cases.items())):
         flat = _random_params(cfg, seed)
         folder = root / name / "out"
-        modalities_export.write_folder(str(folder), flat, cfg, tokenizer_file=str(root / "tokenizer.json"),
+        written = root / name / "written"  # then moved: generate_text runs where the folder lies, not where written
+        modalities_export.write_folder(str(written), flat, cfg, tokenizer_file=str(root / "tokenizer.json"),
                                        prompt=PROMPT)  # fmt: skip
+        written.rename(folder)
         tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, cfg.seq_len)).astype(np.int32)
         np.save(root / name / "tokens.npy", tokens)
         out[name] = (cfg, flat, tokens, folder)
@@ -131,13 +133,14 @@ def test_generate_text_runs_and_continues_as_jaxgpt_greedily(exported):
 
 def test_the_generate_text_cli_takes_the_folder(exported):
     """text_generation.yaml is what `modalities generate_text --config_file_path` reads (the CLI run above in-process,
-    its click wrapper here would cost another 10 s start): its paths point into the folder."""
+    its click wrapper here would cost another 10 s start): its paths point into its own folder, wherever that is."""
     import yaml
 
     folder = exported[0]["generate"][3]
     config = yaml.safe_load((folder / "text_generation.yaml").read_text())
-    assert config["settings"]["model_path"] == str(folder / "model.bin")
-    assert config["tokenizer"]["config"]["pretrained_model_name_or_path"] == str(folder)
+    assert config["settings"]["model_path"] == "${modalities_env:config_folder_path}/model.bin"
+    assert config["tokenizer"]["config"]["pretrained_model_name_or_path"] == "${modalities_env:config_folder_path}/"
+    assert str(folder.parent) not in (folder / "text_generation.yaml").read_text()
     assert config["model"] == yaml.safe_load((folder / "model_config.yaml").read_text())["model"]
 
 

@@ -107,8 +107,14 @@ def test_a_warm_started_run_resumes_exactly_and_records_init_from(tmp_path):
     assert whole == split and len(whole) == 4
     record = json.loads((tmp_path / "split" / "config.json").read_text())
     assert record["config"]["train"]["init_from"] == f"{SOURCE}@4"
-    with pytest.raises(checkpoint.CheckpointError, match="train.init_from"):  # a resume keeps the run's origin
-        train.run(run_config(**{"train.num_steps": 4, "checkpoint.every": 2}), str(tmp_path / "split"))
+    # a resume keeps the run's origin: another source is refused; none (a command not repeating it) takes the saved one
+    with pytest.raises(checkpoint.CheckpointError, match="train.init_from"):
+        train.run(run_config(**{"train.init_from": SOURCE, "train.num_steps": 4}), str(tmp_path / "split"))
+    train.run(cfg, str(tmp_path / "bare"), stop_after=2)
+    train.run(run_config(**{"train.num_steps": 4, "checkpoint.every": 2}), str(tmp_path / "bare"))
+    assert whole == [(e["step"], e["loss"]) for e in _metrics(tmp_path / "bare") if e["event"] == "train"]
+    record = json.loads((tmp_path / "bare" / "config.json").read_text())
+    assert record["config"]["train"]["init_from"] == f"{SOURCE}@4"
 
 
 def test_round_trip_jaxgpt_hf_init_from_is_bit_identical(tmp_path):

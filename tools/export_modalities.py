@@ -6,7 +6,8 @@
 OUT gets model.bin (torch.save, the FSDP1 full-state-dict layout), model_config.yaml (the `gpt2` component),
 text_generation.yaml and the tokenizer files. Then:
     modalities generate_text --config_file_path OUT/text_generation.yaml
-Needs torch (the test extra); the paths inside text_generation.yaml are absolute.
+Needs torch (the test extra); the paths inside text_generation.yaml are relative to its folder,
+which can move.
 """
 
 import argparse
