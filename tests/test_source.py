@@ -76,7 +76,7 @@ def test_pickles_without_memmap_and_reads_after_unpickle():
     blob = pickle.dumps(src)
     assert len(blob) < 2000  # paths and counts only, never the tokens
     clone = pickle.loads(blob)
-    assert clone._views is None and len(clone) == len(src)
+    assert clone._fds is None and len(clone) == len(src)
     np.testing.assert_array_equal(clone.read_windows(np.array([0, 5, len(src) - 1])), expected)
 
 
@@ -186,3 +186,33 @@ print(json.dumps({{"len": int(len(ds)), "rows": [[int(t) for t in ds[i]["x"]] fo
     ref = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(src) == ref["len"]
     np.testing.assert_array_equal(src.read_windows(np.array(picks)), np.array(ref["rows"]))
+
+
+def test_a_file_truncated_or_removed_while_in_use_is_a_clean_error(tmp_path):
+    path = write_pbin(tmp_path / "a.pbin", range(40))
+    src = PackedWindowSource(path, seq_len=9)
+    np.testing.assert_array_equal(src[3], np.arange(27, 37))
+    with open(path, "r+b") as f:  # cut inside window 3 (tokens 27..36: bytes 66..86)
+        f.truncate(12 + 2 * 30)
+    with pytest.raises(PackedDataError, match=r"a\.pbin: window 3 ends at byte 86, past the file's 72 bytes"):
+        src[3]
+    np.testing.assert_array_equal(src[0], np.arange(0, 10))  # what is still there reads as before
+    fresh = PackedWindowSource(write_pbin(tmp_path / "b.pbin", range(40)), seq_len=9)
+    (tmp_path / "b.pbin").unlink()  # after the header was read, before the first window
+    with pytest.raises(PackedDataError, match=r"b\.pbin: cannot open for reading: No such file"):
+        fresh[0]
+
+
+def test_reading_windows_leaves_the_resident_set_alone(tmp_path):
+    # a memmap's pages count in the process's RSS as it touches them; positioned reads leave them in the page cache
+    path = write_pbin(tmp_path / "big.pbin", np.arange(16_000_000) % 50_000)  # 32 MB of tokens
+    src = PackedWindowSource(path, seq_len=1023)
+
+    def rss_file_kib() -> int:
+        status = pathlib.Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("RssFile:")).split()[1])
+
+    before = rss_file_kib()
+    for start in range(0, len(src), 512):
+        src.read_windows(np.arange(start, min(start + 512, len(src))))  # every window once: the whole file
+    assert rss_file_kib() - before < 8 * 1024  # KiB; a memmap read this way adds the file's 32 MB

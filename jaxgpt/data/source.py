@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
-from jaxgpt.data.pbin import PackedDataError, open_tokens, read_header
+from jaxgpt.data.pbin import HEADER_BYTES, WIDTH_DTYPES, PackedDataError, read_header
 
 
 class PackedWindowSource:
-    """Random access to int32 windows of S + 1 tokens; picklable, thread-safe, memmaps opened lazily per process."""
+    """Random access to int32 windows of S + 1 tokens; picklable, thread-safe, files opened lazily per process.
+
+    Windows are read with positioned reads (os.preadv), not through a memmap: every page a memmap touches counts in the
+    process's resident set, which then grew with the data read (6.5 GB after 20,000 batches of a 10 GB .pbin);
+    a read's pages stay in the kernel's page cache, outside the process (bench/memory.py)."""
 
     def __init__(
         self, paths: str | os.PathLike | Sequence[str | os.PathLike], seq_len: int, vocab_size: int | None = None
@@ -67,7 +72,7 @@ class PackedWindowSource:
         self.num_tokens = sum(d // self.width for d in data_lens)  # all tokens on disk, tails included
         # first_window[f] = global index of file f's window 0; first_window[-1] = len(self)
         self._first_window = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
-        self._views: list[np.ndarray] | None = None
+        self._fds: list[int] | None = None  # per file, a read-only descriptor of this process (_open)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -77,9 +82,9 @@ class PackedWindowSource:
         return f"PackedWindowSource(paths={self.paths!r}, seq_len={self.seq_len})"
 
     def __getstate__(self) -> dict:
-        # Worker processes reopen the memmaps themselves: a memmap or a lock does not travel through pickle.
+        # Worker processes open the files themselves: a file handle or a lock does not travel through pickle.
         state = self.__dict__.copy()
-        state["_views"] = None
+        state["_fds"] = None
         del state["_lock"]
         return state
 
@@ -87,18 +92,15 @@ class PackedWindowSource:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _windows(self) -> list[np.ndarray]:
-        """Per file, a read-only [N_f, S + 1] strided view of its memmap: row i is window i, nothing is copied."""
-        if self._views is None:
+    def _open(self) -> list[int]:
+        if self._fds is None:
             with self._lock:
-                if self._views is None:
-                    S = self.seq_len
-                    views = []
-                    for path, data_len, n in zip(self.paths, self._data_lens, self.windows_per_file):
-                        tokens = open_tokens(path, data_len, self.width)  # [T]
-                        views.append(np.lib.stride_tricks.sliding_window_view(tokens, S + 1)[::S][:n])  # [N_f, S+1]
-                    self._views = views
-        return self._views
+                if self._fds is None:
+                    fds = []
+                    weakref.finalize(self, _close, fds)  # closed with the source, also if a later open fails
+                    fds.extend(_open_reader(path) for path in self.paths)
+                    self._fds = fds
+        return self._fds
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Window i: int32 [seq_len + 1]."""
@@ -117,16 +119,11 @@ class PackedWindowSource:
         if indices.size and (indices.min() < 0 or indices.max() >= n):
             bad = indices[(indices < 0) | (indices >= n)][0]
             raise IndexError(f"window {int(bad)} out of range: {self!r} has {n} windows")
-        views = self._windows()
-        if len(views) == 1:
-            out_NxW = views[0][indices].astype(np.int32)  # one gather of whole rows from the page cache
+        if len(self._first_window) == 2:
             file_of = np.zeros(len(indices), np.int64)
         else:
-            out_NxW = np.empty((len(indices), self.seq_len + 1), np.int32)
             file_of = np.searchsorted(self._first_window, indices, side="right") - 1  # [n]
-            for f in np.unique(file_of):
-                rows = np.flatnonzero(file_of == f)
-                out_NxW[rows] = views[f][indices[rows] - self._first_window[f]]
+        out_NxW = self._read(file_of, indices - self._first_window[file_of]).astype(np.int32)
         if self.width == 4 and out_NxW.min(initial=0) < 0:
             # A uint32 id >= 2**31 wrapped negative in int32: refuse rather than train on wrong ids.
             f = int(file_of[np.flatnonzero((out_NxW < 0).any(axis=1))[0]])
@@ -139,3 +136,31 @@ class PackedWindowSource:
                 f"{self.vocab_size} (packed with another tokenizer?)"
             )
         return out_NxW
+
+    def _read(self, file_of: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Window windows[r] of file file_of[r] into row r of [n, S + 1] tokens of the files' width."""
+        fds, S, width = self._open(), self.seq_len, self.width
+        raw_NxW = np.empty((len(windows), S + 1), WIDTH_DTYPES[width])
+        for row, (f, i) in enumerate(zip(file_of.tolist(), windows.tolist())):
+            offset = HEADER_BYTES + i * S * width  # window i starts at token i * S
+            got = os.preadv(fds[f], [raw_NxW[row]], offset)
+            if got != raw_NxW[row].nbytes:
+                size = os.fstat(fds[f]).st_size
+                raise PackedDataError(
+                    f"{self.paths[f]}: window {i} ends at byte {offset + raw_NxW[row].nbytes}, past the file's "
+                    f"{size} bytes (truncated while in use?)"
+                )
+        return raw_NxW
+
+
+def _open_reader(path: str) -> int:
+    """A read-only descriptor; a file gone since its header was read is a clean error."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise PackedDataError(f"{path}: cannot open for reading: {e.strerror}") from None
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
