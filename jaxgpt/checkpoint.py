@@ -25,9 +25,12 @@ A save that fails (a full disk) is one CheckpointError naming the directory, and
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import datetime
 import errno
 import fcntl
+import functools
 import glob
 import logging as pylogging
 import os
@@ -108,6 +111,7 @@ class Checkpointer:
         """Starts an asynchronous save of `state` at `state.step` (returns once the arrays are copied off the devices).
         A failure of the save before it (found here, as Orbax reports it) is a CheckpointError."""
         step = int(jax.device_get(state.step))
+        self.wait()  # what Orbax's save would do first; here a failure of the previous save names that step
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             opt_state=ocp.args.StandardSave(state.opt_state),
@@ -222,6 +226,8 @@ class Checkpointer:
         """Blocks until the asynchronous save in flight (if any) is durable on disk."""
         with self._save_errors(self._in_flight):
             self._manager.wait_until_finished()
+        if self._in_flight is not None:
+            release_freed_memory()
         self._in_flight = None
 
     def close(self) -> None:
@@ -256,6 +262,25 @@ class Checkpointer:
                 shutil.rmtree(path, ignore_errors=True)
         names = (os.path.basename(p).split(".", 1)[0] for p in partial)
         return sorted(int(n) for n in names if n.isdigit())
+
+
+def release_freed_memory() -> None:
+    """Hands the heap's free pages back to the OS (glibc's malloc_trim), after a save landed.
+
+    An asynchronous save copies the state into host buffers and frees them when it is on disk, but glibc keeps the
+    freed pages in its arenas: a tiny run's RSS then grew by ~30 MiB per save (bench/memory.py, a save every 50
+    steps: 711 / 816 / 875 MiB at steps 100 / 300 / 600; 460 / 476 / 461 with this). A no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        return None
 
 
 def _reason(e: BaseException) -> str:
