@@ -269,7 +269,7 @@ def release_freed_memory() -> None:
 
     An asynchronous save copies the state into host buffers and frees them when it is on disk, but glibc keeps the
     freed pages in its arenas: a tiny run's RSS then grew by ~30 MiB per save (bench/memory.py, a save every 50
-    steps: 711 / 816 / 875 MiB at steps 100 / 300 / 600; 460 / 476 / 461 with this). A no-op without glibc."""
+    steps: 711 / 816 / 875 MiB at steps 100 / 300 / 600; 448 / 505 / 494 with this). A no-op without glibc."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
