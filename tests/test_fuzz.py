@@ -6,6 +6,7 @@ Seeded and deterministic (derandomize=True): CI runs the same few hundred cases 
 JAXGPT_FUZZ_SCALE=N runs N times as many (a longer run; it explores other cases, as the seed follows the count).
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -46,6 +47,16 @@ def files_in(directory):
     return sorted(os.listdir(directory))
 
 
+@contextlib.contextmanager
+def file_holding(blob: bytes, name: str):
+    """The path of a file `name` holding `blob`, in a temporary directory removed afterwards."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            f.write(blob)
+        yield path
+
+
 REAL_PBIN = (TEST_DATA / "lorem_ipsum.pbin").read_bytes()
 REAL_IDX = (TEST_DATA / "lorem_ipsum.idx").read_bytes()
 
@@ -53,10 +64,7 @@ REAL_IDX = (TEST_DATA / "lorem_ipsum.idx").read_bytes()
 @fuzz(300)
 @given(blob=damaged(REAL_PBIN))
 def test_pbin_readers_refuse_damaged_files_cleanly(blob):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "f.pbin")
-        with open(path, "wb") as f:
-            f.write(blob)
+    with file_holding(blob, "f.pbin") as path:
         try:
             packed = pbin.read_pbin(path)
             total = sum(len(packed.document(i)) for i in range(packed.num_docs))
@@ -73,10 +81,7 @@ def test_pbin_readers_refuse_damaged_files_cleanly(blob):
 @fuzz(200)
 @given(blob=damaged(REAL_IDX))
 def test_idx_reader_refuses_damaged_files_cleanly(blob):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "f.idx")
-        with open(path, "wb") as f:
-            f.write(blob)
+    with file_holding(blob, "f.idx") as path:
         try:
             pairs = pbin.read_idx_array(path)
             assert pairs.ndim == 2 and pairs.shape[1] == 2
@@ -174,10 +179,7 @@ def test_config_overrides_parse_or_fail_in_one_line_naming_the_key(key, value, w
 
 def test_the_fuzz_targets_see_the_real_files():
     """The mutations start from real, valid files: unmutated, they read whole."""
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "f.pbin")
-        with open(path, "wb") as f:
-            f.write(REAL_PBIN)
+    with file_holding(REAL_PBIN, "f.pbin") as path:
         assert pbin.read_pbin(path).num_docs > 1
     assert len(pbin.read_idx_array(TEST_DATA / "lorem_ipsum.idx")) > 1
     assert len(KNOBS) > 40 and "train.compute_dtype" in KNOBS
