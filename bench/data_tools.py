@@ -107,23 +107,42 @@ def prepare_corpus(copies: int) -> tuple[pathlib.Path, pathlib.Path]:
     from jaxgpt.data.pack import pack_jsonl
 
     create_index(src, WORK / "bench.idx", "override")
-    pack_jsonl(src, pbin, tokenizer_file=REPO / "data/tokenizer/tokenizer.json", jq_pattern=".raw_content",
-               index_path=WORK / "bench.idx", file_existence_policy="override", progress=False)  # fmt: skip
+    pack_jsonl(
+        src,
+        pbin,
+        tokenizer_file=REPO / "data/tokenizer/tokenizer.json",
+        jq_pattern=".raw_content",
+        index_path=WORK / "bench.idx",
+        file_existence_policy="override",
+        progress=False,
+    )
     return src, pbin
 
 
 def commands(src: pathlib.Path, pbin: pathlib.Path) -> dict[str, tuple[list, dict]]:
     """name -> (CLI arguments after `data NAME` without the output flag, kwargs of the in-process run)."""
     (WORK / "list.txt").write_text("bench\n")
-    chunk = ["--input_file_list_path", WORK / "list.txt", "--input_data_root_path", WORK, "--chunk_id", 1,
-             "--num_chunks", 4, "--global_seed", 42]  # fmt: skip
+    chunk = [
+        "--input_file_list_path",
+        WORK / "list.txt",
+        "--input_data_root_path",
+        WORK,
+        "--chunk_id",
+        1,
+        "--num_chunks",
+        4,
+        "--global_seed",
+        42,
+    ]
     chunk_kw = {"list": str(WORK / "list.txt"), "root": str(WORK), "chunk_id": 1, "num_chunks": 4, "seed": 42}
     return {
         "shuffle_tokenized_data": (
-            ["--input_data_path", pbin, "--seed", 42, "--output_data_path"], {"src": str(pbin), "seed": 42}
+            ["--input_data_path", pbin, "--seed", 42, "--output_data_path"],
+            {"src": str(pbin), "seed": 42},
         ),
         "shuffle_jsonl_data": (
-            ["--input_data_path", src, "--seed", 42, "--output_data_path"], {"src": str(src), "seed": 42}
+            ["--input_data_path", src, "--seed", 42, "--output_data_path"],
+            {"src": str(src), "seed": 42},
         ),
         "create_shuffled_dataset_chunk": ([*chunk, "--output_chunk_file_path"], chunk_kw),
         "create_shuffled_jsonl_chunk": ([*chunk, "--output_chunk_file_path"], chunk_kw),
@@ -181,8 +200,9 @@ def bench_big(gigabytes: float, sides: list[str]) -> dict:
         cli = JAXGPT if side == "jaxgpt" else [MOD_BIN / "modalities"]
         out = WORK / f"{side}_big.pbin"
         out.unlink(missing_ok=True)
-        seconds, peak, _ = run([*cli, "data", "shuffle_tokenized_data", "--input_data_path", src,
-                                "--output_data_path", out, "--seed", 42])  # fmt: skip
+        seconds, peak, _ = run(
+            [*cli, "data", "shuffle_tokenized_data", "--input_data_path", src, "--output_data_path", out, "--seed", 42]
+        )
         result[side] = {"cli_s": seconds, "peak_rss_mb": peak, "rss_of_file": peak * 1e6 / size}
         outs.append(out)
     if len(outs) == 2:

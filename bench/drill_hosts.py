@@ -46,8 +46,10 @@ def start(workdir: str, steps: int, processes: int, *extra: str, stderr=subproce
     if processes > 1:
         env |= {"JAX_COORDINATOR_ADDRESS": f"localhost:{free_port()}", "JAX_NUM_PROCESSES": str(processes)}
     cmd = [*command(workdir, steps), "--config.checkpoint.every=2", *extra]
-    return [subprocess.Popen(cmd, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.DEVNULL,
-                             stderr=stderr) for i in range(processes)]  # fmt: skip
+    return [
+        subprocess.Popen(cmd, cwd=REPO, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.DEVNULL, stderr=stderr)
+        for i in range(processes)
+    ]
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 600) -> None:
@@ -104,8 +106,10 @@ def kill_one(root: str, reference: str, steps: int, kill_after: float) -> str:
     ours = train_losses(workdir)
     common = sorted(s for s in ours if s in ref_steps)
     ok = np.allclose([ours[s] for s in common], [ref_steps[s] for s in common], rtol=1e-5)
-    return (f"kill: resumed from step {newest} on 2 processes to step {newest + 4}; losses of steps {common[0]}.."
-            f"{common[-1]} {'equal' if ok else 'DIFFERENT'} to the uninterrupted run")
+    return (
+        f"kill: resumed from step {newest} on 2 processes to step {newest + 4}; losses of steps {common[0]}.."
+        f"{common[-1]} {'equal' if ok else 'DIFFERENT'} to the uninterrupted run"
+    )
 
 
 def main() -> None:

@@ -31,12 +31,21 @@ DATA = REPO / "tests" / "data"
 
 def command(workdir: str, steps: int) -> list[str]:
     """The tiny run of the drill: 8 seqs x 64 tokens, evaluations every 5 steps, a checkpoint every step."""
-    return [sys.executable, "-m", "jaxgpt.train", f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={workdir}",
-            f"--config.data.train_path={DATA / 'redpajama_v2_samples_512_train.pbin'}",
-            f"--config.data.val_path={DATA / 'redpajama_v2_samples_512_test.pbin'}",
-            f"--config.train.num_steps={steps}",
-            "--config.train.micro_batch_size=1", "--config.train.eval_every=5", "--config.train.eval_steps=2",
-            "--config.checkpoint.every=1", "--config.wandb.mode=disabled"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "jaxgpt.train",
+        f"--config={REPO / 'configs' / 'tiny.py'}",
+        f"--workdir={workdir}",
+        f"--config.data.train_path={DATA / 'redpajama_v2_samples_512_train.pbin'}",
+        f"--config.data.val_path={DATA / 'redpajama_v2_samples_512_test.pbin'}",
+        f"--config.train.num_steps={steps}",
+        "--config.train.micro_batch_size=1",
+        "--config.train.eval_every=5",
+        "--config.train.eval_steps=2",
+        "--config.checkpoint.every=1",
+        "--config.wandb.mode=disabled",
+    ]
 
 
 def logged_step(workdir: str) -> int:
@@ -62,8 +71,16 @@ def checkpoints(workdir: str) -> tuple[list[int], list[str]]:
     return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if ".orbax-checkpoint-tmp" in n)
 
 
-def drill(cmd: list[str], workdir: str, kills: int, rng: random.Random, max_delay: float, env: dict,
-          timeout: float = 300, span: tuple[int, int] = (2, 6)) -> list[dict]:  # fmt: skip
+def drill(
+    cmd: list[str],
+    workdir: str,
+    kills: int,
+    rng: random.Random,
+    max_delay: float,
+    env: dict,
+    timeout: float = 300,
+    span: tuple[int, int] = (2, 6),
+) -> list[dict]:
     """Kills the run `kills` times (restarting it each time), then lets it finish; one record per kill."""
     records = []
     while len(records) < kills:
@@ -84,10 +101,18 @@ def drill(cmd: list[str], workdir: str, kills: int, rng: random.Random, max_dela
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         steps, in_flight = checkpoints(workdir)
-        records.append({"kill": len(records) + 1, "resumed_at": resumed_at, "logged": logged_step(workdir),
-                        "newest_checkpoint": max(steps, default=0), "inside_save": bool(in_flight)})  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=timeout)  # fmt: skip
+        records.append(
+            {
+                "kill": len(records) + 1,
+                "resumed_at": resumed_at,
+                "logged": logged_step(workdir),
+                "newest_checkpoint": max(steps, default=0),
+                "inside_save": bool(in_flight),
+            }
+        )
+    subprocess.run(
+        cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
+    )
     return records
 
 
@@ -119,17 +144,27 @@ def main() -> None:
     try:
         start = time.perf_counter()
         reference, killed = os.path.join(root, "reference"), os.path.join(root, "killed")
-        subprocess.run(command(reference, args.steps), cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            command(reference, args.steps),
+            cwd=REPO,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         records = drill(command(killed, args.steps), killed, args.kills, random.Random(args.seed), args.max_delay, env)
         for r in records:
-            print(f"kill {r['kill']:2d}: resumed at {r['resumed_at']:3d}, logged up to {r['logged']:3d}, newest"
-                  f" checkpoint {r['newest_checkpoint']:3d}" + (", inside an async save" if r["inside_save"] else ""))
+            print(
+                f"kill {r['kill']:2d}: resumed at {r['resumed_at']:3d}, logged up to {r['logged']:3d}, newest"
+                f" checkpoint {r['newest_checkpoint']:3d}" + (", inside an async save" if r["inside_save"] else "")
+            )
         same_events, params = events(killed) == events(reference), same_params(killed, reference)
         inside = sum(r["inside_save"] for r in records)
-        print(f"{len(records)} kills ({inside} inside an async save) of a {args.steps}-step run; every logged loss"
-              f" equal: {same_events}; final parameters equal: {params};"
-              f" {time.perf_counter() - start:.0f} s")  # fmt: skip
+        print(
+            f"{len(records)} kills ({inside} inside an async save) of a {args.steps}-step run; every logged loss"
+            f" equal: {same_events}; final parameters equal: {params};"
+            f" {time.perf_counter() - start:.0f} s"
+        )
         if not (same_events and params and len(records) == args.kills):
             sys.exit("drill FAILED")
     finally:

@@ -157,24 +157,33 @@ def main(argv):
         per_token = time_reforward(model, prompts, M, _REFORWARD_STEPS.value)
         reforward = B / per_token
         results[B] = cached
-        print(f"batch {B}: cached {cached:.1f} tokens/s ({seconds:.2f} s for {M} tokens, prefill included; compile "
-              f"{compile_s:.1f} s) | no cache {reforward:.2f} tokens/s ({per_token * 1e3:.0f} ms per token, "
-              f"{_REFORWARD_STEPS.value} steps timed) | cached / no cache {cached / reforward:.1f}x", flush=True)  # fmt: skip
+        print(
+            f"batch {B}: cached {cached:.1f} tokens/s ({seconds:.2f} s for {M} tokens, prefill included; compile "
+            f"{compile_s:.1f} s) | no cache {reforward:.2f} tokens/s ({per_token * 1e3:.0f} ms per token, "
+            f"{_REFORWARD_STEPS.value} steps timed) | cached / no cache {cached / reforward:.1f}x",
+            flush=True,
+        )
         if _MODALITIES.value:
             mod_tokens = M if B == 1 else _MODALITIES_TOKENS.value
             mod = run_modalities(model, prompts, mod_tokens)
             if mod is not None:
                 same = all(a[: len(b)] == b for a, b in zip(ids, mod["ids"]))  # the first tokens, greedy both
-                print(f"batch {B}: modalities {mod['tokens_per_s']:.2f} tokens/s (first {mod_tokens} "
-                      f"tokens, {mod['seconds']:.1f} s) | jaxgpt / modalities {cached / mod['tokens_per_s']:.1f}x | "
-                      f"same greedy tokens: {same}", flush=True)  # fmt: skip
+                print(
+                    f"batch {B}: modalities {mod['tokens_per_s']:.2f} tokens/s (first {mod_tokens} "
+                    f"tokens, {mod['seconds']:.1f} s) | jaxgpt / modalities {cached / mod['tokens_per_s']:.1f}x | "
+                    f"same greedy tokens: {same}",
+                    flush=True,
+                )
         if B == 1:
             copy_bw, read_bw = memory_bandwidth()
             bw = max(copy_bw, read_bw)  # the higher bandwidth gives the higher bound: the stricter target
             bound, step_bytes = bandwidth_bound(model, dtype, P, M, bw)
-            print(f"batch 1: bandwidth bound {bound:.1f} tokens/s ({step_bytes / 1e6:.0f} MB per step at "
-                  f"{bw / 1e9:.1f} GB/s: memcpy {copy_bw / 1e9:.1f} GB/s, XLA read {read_bw / 1e9:.1f} GB/s) | "
-                  f"cached reaches {cached / bound:.0%} of it", flush=True)  # fmt: skip
+            print(
+                f"batch 1: bandwidth bound {bound:.1f} tokens/s ({step_bytes / 1e6:.0f} MB per step at "
+                f"{bw / 1e9:.1f} GB/s: memcpy {copy_bw / 1e9:.1f} GB/s, XLA read {read_bw / 1e9:.1f} GB/s) | "
+                f"cached reaches {cached / bound:.0%} of it",
+                flush=True,
+            )
     print(" ".join(f"batch{b}_tokens_per_s={v:.1f}" for b, v in results.items()))
 
 

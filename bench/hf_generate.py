@@ -83,8 +83,10 @@ def main(argv):
         params = warmstart.flat_params(nnx.state(model, nnx.Param))
         hf.write_folder(f"{tmp}/hf", params, m, tokenizer_file=_TOKENIZER.value)
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(f"{tmp}/hf").eval()
-    print(f"{type(hf_model).__name__}, {sum(p.numel() for p in hf_model.parameters()):,} parameters, "
-          f"torch {torch.__version__} ({_THREADS.value} threads), transformers {transformers.__version__}")  # fmt: skip
+    print(
+        f"{type(hf_model).__name__}, {sum(p.numel() for p in hf_model.parameters()):,} parameters, "
+        f"torch {torch.__version__} ({_THREADS.value} threads), transformers {transformers.__version__}"
+    )
     rates = {}
     for batch in map(int, _BATCHES.value):
         prompts_BxP = np.random.default_rng(batch).integers(0, vocab, (batch, _PROMPT.value)).astype(np.int32)

@@ -23,9 +23,10 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 from jaxgpt.data.pipeline import host_train_dataset, train_batches
 from jaxgpt.data.source import PackedWindowSource
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 BUNDLED = REPO / "tests" / "data" / "redpajama_v2_samples_512_train.pbin"
 
@@ -71,7 +72,7 @@ def measure(name: str, src: PackedWindowSource, batch: int, seconds: float) -> N
 
 
 def design_choices(src: PackedWindowSource, batch: int, seconds: float) -> None:
-    """The numbers behind two choices in pipeline.py: no Grain read threads, and no index_shuffle below 2**24 windows."""
+    """The numbers behind two choices in pipeline.py: no Grain read threads, no index_shuffle below 2**24 windows."""
     tokens = batch * (src.seq_len + 1)
     ds = host_train_dataset(src, global_batch_size=batch, seed=0, rows=(0, batch))
     for threads, buffer in [(0, 0), (1, 4), (2, 16), (4, 16)]:

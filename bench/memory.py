@@ -41,9 +41,18 @@ def rss_mib(pid: int | str = "self") -> dict[str, float]:
 def training_run(steps: int, marks: list[int], every: int) -> None:
     data = REPO / "tests" / "data" / "redpajama_v2_samples_512_train.pbin"
     with tempfile.TemporaryDirectory() as workdir:
-        cmd = [sys.executable, "-m", "jaxgpt.train", f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={workdir}",
-               f"--config.data.train_path={data}", "--config.data.val_path=", f"--config.train.num_steps={steps}",
-               f"--config.checkpoint.every={every}", "--config.wandb.mode=disabled"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxgpt.train",
+            f"--config={REPO / 'configs' / 'tiny.py'}",
+            f"--workdir={workdir}",
+            f"--config.data.train_path={data}",
+            "--config.data.val_path=",
+            f"--config.train.num_steps={steps}",
+            f"--config.checkpoint.every={every}",
+            "--config.wandb.mode=disabled",
+        ]
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,8 +61,11 @@ def training_run(steps: int, marks: list[int], every: int) -> None:
             step = logged_step(workdir)
             while pending and step >= pending[0]:
                 m = rss_mib(proc.pid)
-                print(f"run: step {step:5d} ({time.perf_counter() - start:5.0f} s): RSS {m['VmRSS']:7.1f} MiB"
-                      f" (anonymous {m['RssAnon']:7.1f}, file {m['RssFile']:6.1f})", flush=True)  # fmt: skip
+                print(
+                    f"run: step {step:5d} ({time.perf_counter() - start:5.0f} s): RSS {m['VmRSS']:7.1f} MiB"
+                    f" (anonymous {m['RssAnon']:7.1f}, file {m['RssFile']:6.1f})",
+                    flush=True,
+                )
                 pending.pop(0)
             time.sleep(0.05)
         if proc.wait():
@@ -83,16 +95,22 @@ def loader(gigabytes: float, batches: int) -> None:
         tokens = write_sparse_pbin(path, gigabytes)
         src = PackedWindowSource(path, 512, 50304)
         sharding = NamedSharding(jax.make_mesh((jax.device_count(),), ("data",)), P("data"))
-        print(f"loader: {os.path.getsize(path) / 1e9:.1f} GB .pbin, {tokens:,} tokens, {len(src):,} windows;"
-              f" before: RSS {rss_mib()['VmRSS']:.1f} MiB", flush=True)  # fmt: skip
+        print(
+            f"loader: {os.path.getsize(path) / 1e9:.1f} GB .pbin, {tokens:,} tokens, {len(src):,} windows;"
+            f" before: RSS {rss_mib()['VmRSS']:.1f} MiB",
+            flush=True,
+        )
         start = time.perf_counter()
         with train_batches(src, global_batch_size=8, seed=0, sharding=sharding) as it:
             for i in range(1, batches + 1):
                 jax.block_until_ready(next(it))
                 if i in (100, batches // 10, batches // 2, batches):
                     m = rss_mib()
-                    print(f"loader: batch {i:6d} ({time.perf_counter() - start:5.1f} s): RSS {m['VmRSS']:7.1f} MiB"
-                          f" (anonymous {m['RssAnon']:7.1f}, file {m['RssFile']:6.1f})", flush=True)  # fmt: skip
+                    print(
+                        f"loader: batch {i:6d} ({time.perf_counter() - start:5.1f} s): RSS {m['VmRSS']:7.1f} MiB"
+                        f" (anonymous {m['RssAnon']:7.1f}, file {m['RssFile']:6.1f})",
+                        flush=True,
+                    )
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Index + pack speed, jaxgpt vs Modalities 0.5.0, on the same ~50 MB JSONL, same machine, one run; checks identical bytes.
+"""Index + pack speed, jaxgpt vs Modalities 0.5.0, on the same ~50 MB JSONL, same machine, one run; checks the bytes.
 
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/pack.py [--copies 20] [--num_processes N] [--skip_modalities]
 
@@ -82,17 +82,31 @@ def main() -> None:
 
     t_idx = timed([py, REPO / "tools/create_memmap_index.py", "--index_path", WORK / "j.idx", src])
     t_pack = timed(
-        [py, REPO / "tools/create_packed_data.py", "--jq_pattern", ".raw_content", "--tokenizer_file", tok,
-         "--index_path", WORK / "j.idx", "--dst_path", WORK / "j.pbin", "--num_processes", args.num_processes,
-         "--no_progress", src]
-    )  # fmt: skip
+        [
+            py,
+            REPO / "tools/create_packed_data.py",
+            "--jq_pattern",
+            ".raw_content",
+            "--tokenizer_file",
+            tok,
+            "--index_path",
+            WORK / "j.idx",
+            "--dst_path",
+            WORK / "j.pbin",
+            "--num_processes",
+            args.num_processes,
+            "--no_progress",
+            src,
+        ]
+    )
     from jaxgpt.data.pbin import read_pbin
 
     n_tok = read_pbin(WORK / "j.pbin").num_tokens
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest single process so far
     print(f"jaxgpt peak RSS of any one process (index or pack, main or worker): {peak_mb:.0f} MB")
     print(
-        f"jaxgpt     index {t_idx:6.2f} s ({size / t_idx / 1e6:6.1f} MB/s)   pack {t_pack:6.2f} s ({n_tok / t_pack / 1e6:5.2f}M tokens/s)"
+        f"jaxgpt     index {t_idx:6.2f} s ({size / t_idx / 1e6:6.1f} MB/s)"
+        f"   pack {t_pack:6.2f} s ({n_tok / t_pack / 1e6:5.2f}M tokens/s)"
     )
 
     exe = None if args.skip_modalities else ensure_modalities()
@@ -110,7 +124,8 @@ def main() -> None:
     m_idx = timed([exe, "data", "create_raw_index", "--index_path", WORK / "m.idx", src])
     m_pack = timed([exe, "data", "pack_encoded_data", yaml])
     print(
-        f"Modalities index {m_idx:6.2f} s ({size / m_idx / 1e6:6.1f} MB/s)   pack {m_pack:6.2f} s ({n_tok / m_pack / 1e6:5.2f}M tokens/s)"
+        f"Modalities index {m_idx:6.2f} s ({size / m_idx / 1e6:6.1f} MB/s)"
+        f"   pack {m_pack:6.2f} s ({n_tok / m_pack / 1e6:5.2f}M tokens/s)"
     )
     same_idx = (WORK / "j.idx").read_bytes() == (WORK / "m.idx").read_bytes()
     same_pbin = (WORK / "j.pbin").read_bytes() == (WORK / "m.pbin").read_bytes()

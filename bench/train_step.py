@@ -3,15 +3,14 @@
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --config=configs/gpt60m.py
 
 Times `--steps` train steps after compilation and warmup on all local devices (mesh from the config), reports compile
-time, peak memory, tokens/s and MFU = tokens/s * flops_per_token / (peak FLOP/s * devices). The peak is train.peak_flops,
-else the device table (bf16 dense), else on CPU a 2048^3 float32 matmul timed in this run. On CPU the compute dtype is
-float32 (bf16 matmuls are emulated and slow there); elsewhere the config's. Then it runs the same step (B, T, model,
-AdamW, clipping) in Modalities' own GPT2LLM through --modalities_python (default: the Modalities venv) on the same
-kind of device: PyTorch CPU with --torch_threads threads, or CUDA with float32 weights under bf16 autocast when the
-compute dtype is bf16 (eager, as Modalities runs by default), and prints the ratio. Steps are queued back to back and
-timed until the last one finishes, on both sides: the training loop also reads metrics a step late, so the device never
-waits for the host between steps.
-The last line is `tokens_per_s=<x> mfu=<y>`.
+time, peak memory, tokens/s and MFU = tokens/s * flops_per_token / (peak FLOP/s * devices). The peak is
+train.peak_flops, else the device table (bf16 dense), else on CPU a 2048^3 float32 matmul timed in this run. On CPU the
+compute dtype is float32 (bf16 matmuls are emulated and slow there); elsewhere the config's. Then it runs the same step
+(B, T, model, AdamW, clipping) in Modalities' own GPT2LLM through --modalities_python (default: the Modalities venv) on
+the same kind of device: PyTorch CPU with --torch_threads threads, or CUDA with float32 weights under bf16 autocast when
+the compute dtype is bf16 (eager, as Modalities runs by default), and prints the ratio. Steps are queued back to back
+and timed until the last one finishes, on both sides: the training loop also reads metrics a step late, so the device
+never waits for the host between steps. The last line is `tokens_per_s=<x> mfu=<y>`.
 
 On a GPU machine whose python has torch but not Modalities, carry the Modalities wheel (see BENCHMARKS.md) and run
     XLA_PYTHON_CLIENT_PREALLOCATE=false python bench/train_step.py --modalities_python=python3

@@ -4,8 +4,8 @@ A checkpoint is one Orbax composite step directory with five items:
     params     the model's float32 parameters (nnx.State)
     opt_state  the optimizer state
     train      {"step", "rng"}: the step counter and the dropout base key
-    data       JSON: where the data stream stands ({"step", "global_batch_size", "num_windows", ...}); the batch order is a
-               pure function of (data.seed, global batch size, window count, step), so with the first three
+    data       JSON: where the data stream stands ({"step", "global_batch_size", "num_windows", ...}); the batch order
+               is a pure function of (data.seed, global batch size, window count, step), so with the first three
                unchanged the step alone is the exact data position
     config     JSON: the resolved run config, so `load()` can rebuild the model without the config file; a knob
                added to jaxgpt after the checkpoint was written reads as its default (config.complete)
@@ -64,8 +64,10 @@ class DamagedCheckpoint(CheckpointError):
     """One step directory cannot be read whole: a file is missing or truncated, or the step was never committed."""
 
     def __init__(self, directory: str, step: int, reason: str):
-        super().__init__(f"{directory}/{step}: cannot restore it: not a complete jaxgpt checkpoint of this model, or"
-                         f" not readable ({reason})")  # fmt: skip
+        super().__init__(
+            f"{directory}/{step}: cannot restore it: not a complete jaxgpt checkpoint of this model, or"
+            f" not readable ({reason})"
+        )
         self.step, self.reason = step, reason
 
 
@@ -175,8 +177,10 @@ class Checkpointer:
             message = f"{self.directory}/{step}: damaged checkpoint ({damaged[-1].reason}); {fallback}"
             warnings.warn(message, stacklevel=2)
         if damaged:
-            raise CheckpointError(f"every checkpoint is damaged: {'; '.join(map(str, damaged))}. Restore one, or start"
-                                  " afresh in a new --workdir")  # fmt: skip
+            raise CheckpointError(
+                f"every checkpoint is damaged: {'; '.join(map(str, damaged))}. Restore one, or start"
+                " afresh in a new --workdir"
+            )
         return None
 
     def check_committed(self, step: int) -> None:
@@ -186,8 +190,9 @@ class Checkpointer:
             if not os.path.isdir(where):
                 raise DamagedCheckpoint(self.directory, step, f"{os.path.relpath(where, self.directory)} is missing")
             if not os.path.isfile(os.path.join(where, COMMIT_MARKER)):
-                raise DamagedCheckpoint(self.directory, step,
-                                        f"{os.path.relpath(where, self.directory)} has no {COMMIT_MARKER}")  # fmt: skip
+                raise DamagedCheckpoint(
+                    self.directory, step, f"{os.path.relpath(where, self.directory)} has no {COMMIT_MARKER}"
+                )
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged steps out of Orbax's view, kept for inspection, so their step numbers can be saved again."""
@@ -208,7 +213,7 @@ class Checkpointer:
         step = self.resolve(step)
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:  # noqa: BLE001 - TensorStore's read errors reach us as bare Exceptions
+        except Exception as e:  # TensorStore's read errors reach us as bare Exceptions
             raise DamagedCheckpoint(self.directory, step, _reason(e)) from e
 
     def resolve(self, step: int | None) -> int:
@@ -383,8 +388,10 @@ def _take_lock(path: str):
         lock.seek(0)
         holder = lock.read().strip() or "another process"
         lock.close()
-        raise CheckpointError(f"{os.path.dirname(path)}: another run is writing this workdir ({holder}; it holds"
-                              f" {path}); wait for it to end, or use another --workdir") from None  # fmt: skip
+        raise CheckpointError(
+            f"{os.path.dirname(path)}: another run is writing this workdir ({holder}; it holds"
+            f" {path}); wait for it to end, or use another --workdir"
+        ) from None
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     lock.truncate(0)
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now}\n")

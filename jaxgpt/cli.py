@@ -58,8 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p = cmds.add_parser("shuffle_tokenized_data", help="shuffle the documents of a .pbin")
     p.add_argument("--input_data_path", required=True, help="the .pbin")
     p.add_argument("--output_data_path", required=True, help="the shuffled .pbin")
-    p.add_argument("--batch_size", type=int, default=100, help="accepted for Modalities' scripts (>= 1); no effect:"
-                   " jaxgpt copies one document at a time")  # fmt: skip
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=100,
+        help="accepted for Modalities' scripts (>= 1); no effect: jaxgpt copies one document at a time",
+    )
     _policy(p)
     p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: drawn and printed)")
 
@@ -128,9 +132,14 @@ def _chunk(a: argparse.Namespace) -> str | None:
 
     make = chunks.create_pbin_chunk if a.command == "create_shuffled_dataset_chunk" else chunks.create_jsonl_chunk
     return make(
-        a.input_file_list_path, a.input_data_root_path, a.output_chunk_file_path, chunk_id=a.chunk_id,
-        num_chunks=a.num_chunks, file_existence_policy=a.file_existence_policy, global_seed=a.global_seed,
-    )  # fmt: skip
+        a.input_file_list_path,
+        a.input_data_root_path,
+        a.output_chunk_file_path,
+        chunk_id=a.chunk_id,
+        num_chunks=a.num_chunks,
+        file_existence_policy=a.file_existence_policy,
+        global_seed=a.global_seed,
+    )
 
 
 COMMANDS = {

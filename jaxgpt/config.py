@@ -26,8 +26,10 @@ BASE = next((p for p in (_HERE.parent / "configs" / "base.py", _HERE / "configs"
 @functools.cache
 def _base_module():
     if BASE is None:
-        raise FileNotFoundError(f"neither {_HERE.parent}/configs/base.py nor {_HERE}/configs/base.py exists: jaxgpt reads"
-                                " its knobs and their defaults there")  # fmt: skip
+        raise FileNotFoundError(
+            f"neither {_HERE.parent}/configs/base.py nor {_HERE}/configs/base.py exists: jaxgpt reads"
+            " its knobs and their defaults there"
+        )
     return load_module(BASE)
 
 

@@ -33,16 +33,23 @@ class Launch:
     source: str  # where the coordinates came from, for the banner
 
     def describe(self) -> str:
-        return (f"jax.distributed from {self.source}: process {self.process_id} of {self.num_processes},"
-                f" coordinator {self.coordinator}")  # fmt: skip
+        return (
+            f"jax.distributed from {self.source}: process {self.process_id} of {self.num_processes},"
+            f" coordinator {self.coordinator}"
+        )
 
 
-def detect(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-           env: Mapping[str, str] = os.environ) -> Launch | None:  # fmt: skip
+def detect(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> Launch | None:
     """The launch the flags or the environment describe, or None for a single process."""
     if coordinator or num_processes is not None or process_id is not None:
-        return _complete(coordinator, num_processes, process_id, "flags --coordinator_address, --num_processes,"
-                         " --process_id")  # fmt: skip
+        return _complete(
+            coordinator, num_processes, process_id, "flags --coordinator_address, --num_processes, --process_id"
+        )
     if env.get("JAX_COORDINATOR_ADDRESS"):
         names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
         return _complete(env["JAX_COORDINATOR_ADDRESS"], _int(env, names[1]), _int(env, names[2]), ", ".join(names))
@@ -64,8 +71,15 @@ def _slurm(env: Mapping[str, str], tasks: int) -> Launch:
 
 
 def _complete(coordinator, num_processes, process_id, source: str) -> Launch:
-    missing = [n for n, v in (("coordinator address", coordinator), ("number of processes", num_processes),
-                              ("process id", process_id)) if v is None or v == ""]  # fmt: skip
+    missing = [
+        n
+        for n, v in (
+            ("coordinator address", coordinator),
+            ("number of processes", num_processes),
+            ("process id", process_id),
+        )
+        if v is None or v == ""
+    ]
     if missing:
         raise ValueError(f"jax.distributed from {source}: the {' and '.join(missing)} is missing; give all three")
     if not 0 <= process_id < num_processes:
@@ -99,8 +113,13 @@ def initialize(launch: Launch | None) -> None:
     # CPU processes need gloo for cross-process collectives (GPU backends ignore this option).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     ids = list(launch.local_device_ids) if launch.local_device_ids is not None else None
-    jax.distributed.initialize(launch.coordinator, launch.num_processes, launch.process_id, local_device_ids=ids,
-                               cluster_detection_method="deactivate")  # fmt: skip - we detected it ourselves
+    jax.distributed.initialize(
+        launch.coordinator,
+        launch.num_processes,
+        launch.process_id,
+        local_device_ids=ids,
+        cluster_detection_method="deactivate",
+    )  # we detected it ourselves
     _described = launch.describe()
 
 

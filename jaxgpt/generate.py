@@ -327,10 +327,17 @@ def generate(
     encoded = [[int(t) for t in ids] for ids in tokenizer.encode_batch(list(prompts))]
     rows = [(p, s, ids) for p, ids in zip(prompts, encoded) for s in range(num_samples)]
     new_ids = generate_ids(
-        model, [ids for _, _, ids in rows], max_new_tokens=max_new_tokens, eos_id=eos_id,
-        vocab_size=tokenizer.max_id + 1, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        model,
+        [ids for _, _, ids in rows],
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        vocab_size=tokenizer.max_id + 1,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
         batch_size=batch_size,
-    )  # fmt: skip
+    )
     text_ids = [ids[:-1] if ids and ids[-1] == eos_id else ids for ids in new_ids]
     return [Completion(p, s, tokenizer.decode(t), ids) for (p, s, _), t, ids in zip(rows, text_ids, new_ids)]
 
@@ -389,9 +396,17 @@ def main(argv: list[str]) -> None:
     model, _ = checkpoint.load(args.workdir, args.step, mesh)
     tokenizer = resolve_tokenizer(args.workdir, args.tokenizer_file)
     completions = generate(
-        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_samples=args.num_samples, batch_size=args.batch_size,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+    )
     for c in completions:
         print(f"--- prompt {c.prompt!r}, sample {c.sample}\n{c.prompt}{c.completion}", flush=True)
     if args.output_jsonl:

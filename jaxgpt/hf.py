@@ -85,31 +85,65 @@ def hf_config(m, *, bos_id: int, eos_id: int, pad_id: int, dtype: str = "float32
     }
     if kind == "gpt2":
         return {
-            **common, "n_embd": m.n_embd, "n_layer": m.n_layer, "n_head": m.n_head_q, "n_inner": m.mlp_hidden,
-            "n_positions": m.seq_len, "layer_norm_epsilon": m.norm_eps, "activation_function": "gelu",
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        }  # fmt: skip
+            **common,
+            "n_embd": m.n_embd,
+            "n_layer": m.n_layer,
+            "n_head": m.n_head_q,
+            "n_inner": m.mlp_hidden,
+            "n_positions": m.seq_len,
+            "layer_norm_epsilon": m.norm_eps,
+            "activation_function": "gelu",
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+        }
     layers = {
-        **common, "hidden_size": m.n_embd, "num_hidden_layers": m.n_layer, "num_attention_heads": m.n_head_q,
-        "num_key_value_heads": m.n_head_kv, "intermediate_size": m.mlp_hidden, "max_position_embeddings": m.seq_len,
-        "rope_theta": m.rope_base, "attention_dropout": 0.0,
-    }  # fmt: skip
+        **common,
+        "hidden_size": m.n_embd,
+        "num_hidden_layers": m.n_layer,
+        "num_attention_heads": m.n_head_q,
+        "num_key_value_heads": m.n_head_kv,
+        "intermediate_size": m.mlp_hidden,
+        "max_position_embeddings": m.seq_len,
+        "rope_theta": m.rope_base,
+        "attention_dropout": 0.0,
+    }
     if kind == "llama":
         return {
-            **layers, "rms_norm_eps": m.norm_eps, "hidden_act": "silu", "attention_bias": m.use_bias,
-            "mlp_bias": m.use_bias, "head_dim": m.head_dim, "pretraining_tp": 1, "rope_scaling": None,
-        }  # fmt: skip
+            **layers,
+            "rms_norm_eps": m.norm_eps,
+            "hidden_act": "silu",
+            "attention_bias": m.use_bias,
+            "mlp_bias": m.use_bias,
+            "head_dim": m.head_dim,
+            "pretraining_tp": 1,
+            "rope_scaling": None,
+        }
     if kind == "stablelm":
         return {
-            **layers, "layer_norm_eps": m.norm_eps, "hidden_act": "silu", "use_qkv_bias": False,
-            "qk_layernorm": False, "use_parallel_residual": False, "hidden_dropout": 0.0, "rope_scaling": None,
+            **layers,
+            "layer_norm_eps": m.norm_eps,
+            "hidden_act": "silu",
+            "use_qkv_bias": False,
+            "qk_layernorm": False,
+            "use_parallel_residual": False,
+            "hidden_dropout": 0.0,
+            "rope_scaling": None,
             "partial_rotary_factor": 1.0 if m.pos_emb == "rope" else 0.0,
-        }  # fmt: skip
+        }
     return {
-        **layers, "norm_epsilon": m.norm_eps, "hidden_act": "gelu", "use_bias": m.use_bias, "sliding_window": None,
-        "residual_dropout": 0.0, "embedding_dropout": 0.0, "rope_scaling": None,
-    }  # fmt: skip
+        **layers,
+        "norm_epsilon": m.norm_eps,
+        "hidden_act": "gelu",
+        "use_bias": m.use_bias,
+        "sliding_window": None,
+        "residual_dropout": 0.0,
+        "embedding_dropout": 0.0,
+        "rope_scaling": None,
+    }
 
 
 def model_options(hf: dict, where: str) -> dict[str, tuple]:
@@ -129,11 +163,18 @@ def model_options(hf: dict, where: str) -> dict[str, tuple]:
     if hf.get("rope_scaling"):
         raise ExportError(f"{where}: rope_scaling={hf['rope_scaling']!r}: jaxgpt's rotary has no scaling")
     options = {
-        "vocab_size": (_get(hf, "vocab_size", where),), "n_layer": (_get(hf, "num_hidden_layers", where),),
-        "n_embd": (D,), "n_head_q": (H,), "n_head_kv": (N,), "mlp_hidden": (_get(hf, "intermediate_size", where),),
-        "rope_base": (float(hf.get("rope_theta", 10000.0)),), "attn": ("causal",), "qk_norm": (False,),
-        "tie_embeddings": (bool(hf.get("tie_word_embeddings", True)),), "pos_emb": ("rope",),
-    }  # fmt: skip
+        "vocab_size": (_get(hf, "vocab_size", where),),
+        "n_layer": (_get(hf, "num_hidden_layers", where),),
+        "n_embd": (D,),
+        "n_head_q": (H,),
+        "n_head_kv": (N,),
+        "mlp_hidden": (_get(hf, "intermediate_size", where),),
+        "rope_base": (float(hf.get("rope_theta", 10000.0)),),
+        "attn": ("causal",),
+        "qk_norm": (False,),
+        "tie_embeddings": (bool(hf.get("tie_word_embeddings", True)),),
+        "pos_emb": ("rope",),
+    }
     if kind == "llama":
         _expect(hf, where, hidden_act="silu", mlp_bias=hf.get("attention_bias", False), pretraining_tp=1)
         extra = {"norm": ("rms",), "mlp": ("swiglu",), "use_bias": (bool(hf.get("attention_bias", False)),)}
@@ -156,13 +197,21 @@ def _gpt2_options(hf: dict, where: str) -> dict[str, tuple]:
     _expect(hf, where, activation_function="gelu", scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False)
     D, H = _get(hf, "n_embd", where), _get(hf, "n_head", where)
     return {
-        "vocab_size": (_get(hf, "vocab_size", where),), "n_layer": (_get(hf, "n_layer", where),), "n_embd": (D,),
-        "n_head_q": (H,), "n_head_kv": tuple(n for n in range(1, H + 1) if H % n == 0),
-        "mlp_hidden": (hf.get("n_inner") or 4 * D,), "attn": ("causal",), "qk_norm": (False,),
-        "tie_embeddings": (bool(hf.get("tie_word_embeddings", True)),), "pos_emb": ("learned", "none"),
-        "norm": ("layer", "layer_no_bias"), "mlp": ("gelu",), "use_bias": (True, False),
+        "vocab_size": (_get(hf, "vocab_size", where),),
+        "n_layer": (_get(hf, "n_layer", where),),
+        "n_embd": (D,),
+        "n_head_q": (H,),
+        "n_head_kv": tuple(n for n in range(1, H + 1) if H % n == 0),
+        "mlp_hidden": (hf.get("n_inner") or 4 * D,),
+        "attn": ("causal",),
+        "qk_norm": (False,),
+        "tie_embeddings": (bool(hf.get("tie_word_embeddings", True)),),
+        "pos_emb": ("learned", "none"),
+        "norm": ("layer", "layer_no_bias"),
+        "mlp": ("gelu",),
+        "use_bias": (True, False),
         "norm_eps": (hf.get("layer_norm_epsilon", 1e-5),),
-    }  # fmt: skip
+    }
 
 
 def _get(hf: dict, key: str, where: str):
@@ -183,10 +232,16 @@ def _expect(hf: dict, where: str, **wanted) -> None:
 
 # a block's module paths in the native classes with model.layers.<i> (GPT-2's keep jaxgpt's, but for its norms)
 _LAYER_PARTS = {
-    "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn.q_attn": "self_attn.q_proj",
-    "attn.k_attn": "self_attn.k_proj", "attn.v_attn": "self_attn.v_proj", "attn.c_proj": "self_attn.o_proj",
-    "mlp.W": "mlp.gate_proj", "mlp.V": "mlp.up_proj", "mlp.W_2": "mlp.down_proj",
-}  # fmt: skip
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn.q_attn": "self_attn.q_proj",
+    "attn.k_attn": "self_attn.k_proj",
+    "attn.v_attn": "self_attn.v_proj",
+    "attn.c_proj": "self_attn.o_proj",
+    "mlp.W": "mlp.gate_proj",
+    "mlp.V": "mlp.up_proj",
+    "mlp.W_2": "mlp.down_proj",
+}
 _GPT2_PARTS = {"attention_norm": "ln_1", "ffn_norm": "ln_2", "lm_head_norm": "ln_f"}
 _TOP_PARTS = {"wte": "embed_tokens", "lm_head_norm": "norm"}
 
@@ -255,7 +310,7 @@ def from_hf(tensors: dict[str, np.ndarray], m, where: str) -> dict[str, np.ndarr
     prefix = "transformer." if kind == "gpt2" else "model."
     if not any(k.startswith(prefix) for k in tensors):  # openai-community/gpt2's files lack the base model's prefix
         tensors = {(k if k == "lm_head.weight" else prefix + k): v for k, v in tensors.items()}
-    for key, shape in _hf_only(m, kind).items():
+    for key in _hf_only(m, kind):
         name = _hf_name(key, kind)
         if name in tensors and np.any(tensors[name]):
             raise ExportError(f"{where}: {name} is not zero, which jaxgpt's {_why_absent(key, m)} cannot hold")
@@ -326,14 +381,22 @@ def special_ids(tokenizer_file: str, eod_token: str) -> tuple[int, int]:
             tok = json.load(f)
         ids = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok.get("added_tokens", [])}}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{tokenizer_file}: not a readable tokenizers tokenizer.json ({type(e).__name__}: {e})")
+        reason = f"{type(e).__name__}: {e}"
+        raise ExportError(f"{tokenizer_file}: not a readable tokenizers tokenizer.json ({reason})") from None
     if eod_token not in ids:
         raise ExportError(f"{tokenizer_file}: has no token {eod_token!r} (--eod_token)")
     return ids[eod_token], max(ids.values()) + 1
 
 
-def write_folder(out: str, params: dict[str, np.ndarray], m, *, tokenizer_file: str, eod_token: str = "<|endoftext|>",
-                 dtype: str = "float32") -> None:  # fmt: skip
+def write_folder(
+    out: str,
+    params: dict[str, np.ndarray],
+    m,
+    *,
+    tokenizer_file: str,
+    eod_token: str = "<|endoftext|>",
+    dtype: str = "float32",
+) -> None:
     """An HF model folder: config.json, model.safetensors, the tokenizer files and generation_config.json, written
     into a temporary folder renamed to `out` when complete. bos/eos/pad are eod_token; the padded vocab rows
     (tokenizer vocab .. V - 1) are suppressed in generation_config.json, so sampling never picks them."""
@@ -366,9 +429,11 @@ def write_tokenizer(folder: str, tokenizer_file: str, eod_token: str, eod: int, 
     specials = {"bos_token": eod_token, "eos_token": eod_token, "pad_token": eod_token, "unk_token": eod_token}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json alone, whatever its vocabulary
-        "added_tokens_decoder": {str(eod): {**added, "special": True}}, **specials,
-        "model_max_length": seq_len, "clean_up_tokenization_spaces": False,
-    }  # fmt: skip
+        "added_tokens_decoder": {str(eod): {**added, "special": True}},
+        **specials,
+        "model_max_length": seq_len,
+        "clean_up_tokenization_spaces": False,
+    }
     write_json(os.path.join(folder, "tokenizer_config.json"), config)
     write_json(os.path.join(folder, "special_tokens_map.json"), specials)
 
@@ -427,8 +492,15 @@ def read_folder(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     return config, tensors
 
 
-def export_workdir(workdir: str, out: str, *, step: int | None = None, dtype: str = "float32",
-                   tokenizer_file: str | None = None, eod_token: str = "<|endoftext|>") -> None:  # fmt: skip
+def export_workdir(
+    workdir: str,
+    out: str,
+    *,
+    step: int | None = None,
+    dtype: str = "float32",
+    tokenizer_file: str | None = None,
+    eod_token: str = "<|endoftext|>",
+) -> None:
     """tools/export_hf.py: the newest (or `step`'s) checkpoint of a jaxgpt workdir -> an HF folder at `out`. The
     tokenizer is `tokenizer_file`, else the run's copy DIR/tokenizer.json, else its config's data.tokenizer_file."""
     from flax import nnx

@@ -58,15 +58,26 @@ def model_config(m) -> dict:
     if m.qk_norm:
         attention["qk_norm_config"] = _norm(m.norm, m.head_dim, m.norm_eps)
     return {
-        "sample_key": "input_ids", "prediction_key": "logits",
-        "poe_type": "ABSOLUTE" if m.pos_emb == "learned" else "NOPE", "sequence_length": m.seq_len,
-        "vocab_size": m.vocab_size, "n_layer": m.n_layer, "n_head_q": m.n_head_q, "n_head_kv": m.n_head_kv,
-        "n_embd": m.n_embd, "ffn_hidden": m.ffn_hidden, "dropout": m.dropout, "bias": m.use_bias,
-        "attention_config": attention, "attention_implementation": "pytorch_flash",
-        "activation_type": m.mlp, "attention_norm_config": _norm(m.norm, m.n_embd, m.norm_eps),
+        "sample_key": "input_ids",
+        "prediction_key": "logits",
+        "poe_type": "ABSOLUTE" if m.pos_emb == "learned" else "NOPE",
+        "sequence_length": m.seq_len,
+        "vocab_size": m.vocab_size,
+        "n_layer": m.n_layer,
+        "n_head_q": m.n_head_q,
+        "n_head_kv": m.n_head_kv,
+        "n_embd": m.n_embd,
+        "ffn_hidden": m.ffn_hidden,
+        "dropout": m.dropout,
+        "bias": m.use_bias,
+        "attention_config": attention,
+        "attention_implementation": "pytorch_flash",
+        "activation_type": m.mlp,
+        "attention_norm_config": _norm(m.norm, m.n_embd, m.norm_eps),
         "ffn_norm_config": _norm(m.norm, m.n_embd, m.norm_eps),
-        "lm_head_norm_config": _norm(m.norm, m.n_embd, m.norm_eps), "use_weight_tying": m.tie_embeddings,
-    }  # fmt: skip
+        "lm_head_norm_config": _norm(m.norm, m.n_embd, m.norm_eps),
+        "use_weight_tying": m.tie_embeddings,
+    }
 
 
 # Modalities resolves this to the folder of the config file it loads, so the exported folder can move. Alone it
@@ -86,33 +97,49 @@ def text_generation_config(m, *, eod_token: str, prompt: str) -> dict:
             "sequence_length": m.seq_len,
         },
         "text_inference_component": {
-            "component_key": "inference_component", "variant_key": "text",
+            "component_key": "inference_component",
+            "variant_key": "text",
             "config": {
-                "device": "${settings.device}", "sequence_length": "${settings.sequence_length}",
+                "device": "${settings.device}",
+                "sequence_length": "${settings.sequence_length}",
                 "model": {"instance_key": "checkpointed_model", "pass_type": "BY_REFERENCE"},
                 "tokenizer": {"instance_key": "tokenizer", "pass_type": "BY_REFERENCE"},
-                "eod_token": eod_token, "prompt_template": prompt, "temperature": 0.0,
+                "eod_token": eod_token,
+                "prompt_template": prompt,
+                "temperature": 0.0,
             },
         },
         "checkpointed_model": {
-            "component_key": "model", "variant_key": "fsdp1_checkpointed",
+            "component_key": "model",
+            "variant_key": "fsdp1_checkpointed",
             "config": {
-                "checkpoint_loading": {"component_key": "checkpoint_loading", "variant_key": "torch",
-                                       "config": {"device": "${settings.device}", "precision": "FP32"}},
+                "checkpoint_loading": {
+                    "component_key": "checkpoint_loading",
+                    "variant_key": "torch",
+                    "config": {"device": "${settings.device}", "precision": "FP32"},
+                },
                 "model": {"instance_key": "model", "pass_type": "BY_REFERENCE"},
                 "checkpoint_path": "${settings.model_path}",
             },
         },
         "model": {"component_key": "model", "variant_key": "gpt2", "config": model_config(m)},
         "tokenizer": {
-            "component_key": "tokenizer", "variant_key": "pretrained_hf_tokenizer",
+            "component_key": "tokenizer",
+            "variant_key": "pretrained_hf_tokenizer",
             "config": {"pretrained_model_name_or_path": f"{FOLDER}/", "padding": False, "truncation": False},
         },
-    }  # fmt: skip
+    }
 
 
-def write_folder(out: str, params: dict[str, np.ndarray], m, *, tokenizer_file: str,
-                 eod_token: str = "<|endoftext|>", prompt: str = "Once upon a time") -> None:  # fmt: skip
+def write_folder(
+    out: str,
+    params: dict[str, np.ndarray],
+    m,
+    *,
+    tokenizer_file: str,
+    eod_token: str = "<|endoftext|>",
+    prompt: str = "Once upon a time",
+) -> None:
     """OUT/model.bin, OUT/model_config.yaml, OUT/text_generation.yaml and the tokenizer files, written into a
     temporary folder renamed to `out` when complete."""
     import torch
@@ -134,8 +161,15 @@ def write_folder(out: str, params: dict[str, np.ndarray], m, *, tokenizer_file: 
         hf.write_tokenizer(tmp, tokenizer_file, eod_token, eod, m.seq_len)
 
 
-def export_workdir(workdir: str, out: str, *, step: int | None = None, tokenizer_file: str | None = None,
-                   eod_token: str = "<|endoftext|>", prompt: str = "Once upon a time") -> None:  # fmt: skip
+def export_workdir(
+    workdir: str,
+    out: str,
+    *,
+    step: int | None = None,
+    tokenizer_file: str | None = None,
+    eod_token: str = "<|endoftext|>",
+    prompt: str = "Once upon a time",
+) -> None:
     """tools/export_modalities.py: a jaxgpt workdir's newest (or `step`'s) checkpoint -> a Modalities folder."""
     from flax import nnx
 

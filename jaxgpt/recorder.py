@@ -14,7 +14,6 @@ import os
 import secrets
 import time
 import warnings
-
 from typing import TYPE_CHECKING
 
 import jax
@@ -159,8 +158,14 @@ class Recorder(contextlib.ExitStack):
         validation pass shows as evaluation, not as a training step that stalls."""
         previous = self.bar.postfix
         self.bar.set_postfix_str(f"evaluating step {done}")
-        bar = tqdm(total=num_batches, desc=f"eval at step {done}", unit="batch", leave=False, dynamic_ncols=True,
-                   disable=not is_lead())  # fmt: skip
+        bar = tqdm(
+            total=num_batches,
+            desc=f"eval at step {done}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not is_lead(),
+        )
         try:
             yield lambda: bar.update(1)
         finally:

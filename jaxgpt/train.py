@@ -32,12 +32,12 @@ import sys
 import threading
 import warnings
 
-from absl import app, flags, logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
 from tqdm import tqdm
 
 from jaxgpt import checkpoint, config, distributed, model, optim, sharding, train_step, warmstart
@@ -96,13 +96,17 @@ def how_to_pack(path: str) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     raw = os.path.join("data", "raw", f"{stem}.jsonl")
     if not os.path.isfile(raw):  # not one of the bundled samples: the tools, from the user's own JSONL
-        return ("pack it from your JSONL with tools/create_memmap_index.py, then tools/create_packed_data.py (README,"
-                " 'Data tools')")  # fmt: skip
+        return (
+            "pack it from your JSONL with tools/create_memmap_index.py, then tools/create_packed_data.py (README,"
+            " 'Data tools')"
+        )
     idx = os.path.join(os.path.dirname(path) or ".", f"{stem}.idx")
-    return (f"make it with `bash getting_started.sh` (it indexes and packs the bundled samples), or with"
-            f" `python tools/create_memmap_index.py --index_path {idx} {raw} && python tools/create_packed_data.py"
-            f" --jq_pattern .raw_content --tokenizer_file data/tokenizer/tokenizer.json --index_path {idx}"
-            f" --dst_path {path} {raw}`")  # fmt: skip
+    return (
+        f"make it with `bash getting_started.sh` (it indexes and packs the bundled samples), or with"
+        f" `python tools/create_memmap_index.py --index_path {idx} {raw} && python tools/create_packed_data.py"
+        f" --jq_pattern .raw_content --tokenizer_file data/tokenizer/tokenizer.json --index_path {idx}"
+        f" --dst_path {path} {raw}`"
+    )
 
 
 def make_plan(cfg: ml_collections.ConfigDict, mesh, train_src: PackedWindowSource) -> Plan:
@@ -239,8 +243,9 @@ def resolve_peak_flops(cfg: ml_collections.ConfigDict) -> float:
     return peak if peak else model.measure_matmul_peak()
 
 
-def evaluate(eval_step, params, source: PackedWindowSource, plan: Plan, mesh, max_batches: int,
-             on_batch=lambda: None) -> dict:  # fmt: skip
+def evaluate(
+    eval_step, params, source: PackedWindowSource, plan: Plan, mesh, max_batches: int, on_batch=lambda: None
+) -> dict:
     """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0);
     `on_batch()` after each batch (the progress bar)."""
     loss_sum, num_tokens = 0.0, 0.0
@@ -396,9 +401,11 @@ def eval_cost(run: Setup) -> str:
         return "evaluation: none (data.val_path is empty)"
     tokens = n * plan.eval_batch * run.cfg.data.seq_len
     count = len({s for s in range(t.eval_every, plan.num_steps + 1, t.eval_every)} | {plan.num_steps})
-    return (f"evaluation: {n} batches of {plan.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
-            f" {tokens / plan.tokens_per_step:,.1f} steps' tokens) every {t.eval_every} steps and at the last:"
-            f" {count} in all" + ("" if t.eval_steps else "; train.eval_steps=N caps it at N batches"))  # fmt: skip
+    return (
+        f"evaluation: {n} batches of {plan.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
+        f" {tokens / plan.tokens_per_step:,.1f} steps' tokens) every {t.eval_every} steps and at the last:"
+        f" {count} in all" + ("" if t.eval_steps else "; train.eval_steps=N caps it at N batches")
+    )
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -457,8 +464,17 @@ def plot_metrics(workdir: str) -> None:
         warnings.warn(f"{workdir}/metrics.png not written: {type(e).__name__}: {reason}", stacklevel=2)
 
 
-def train_loop(r: Setup, state, step_fn, batches, ckpt, recorder: Recorder, evaluation: Evaluation,
-               stop: StopSignal, start_step: int) -> None:  # fmt: skip
+def train_loop(
+    r: Setup,
+    state,
+    step_fn,
+    batches,
+    ckpt,
+    recorder: Recorder,
+    evaluation: Evaluation,
+    stop: StopSignal,
+    start_step: int,
+) -> None:
     """Steps start_step + 1 .. r.end_step. Metrics are read one step late, so the host never stalls the device,
     except at a step that saves or evaluates: after a non-finite loss nothing more is saved or evaluated."""
     pending = None  # (step, metrics) dispatched but not yet read
@@ -495,7 +511,9 @@ def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, d
     # A checkpoint of an older jaxgpt may lack a record that `stream` has now (train_files): say so, compare the rest.
     unrecorded = [k for k in stream if k not in saved_stream]
     if unrecorded:
-        warnings.warn(f"{directory}: step {step} holds no record of {unrecorded} (an older jaxgpt); not compared")
+        warnings.warn(
+            f"{directory}: step {step} holds no record of {unrecorded} (an older jaxgpt); not compared", stacklevel=2
+        )
     stream = {k: v for k, v in stream.items() if k in saved_stream}
     try:
         saved_config = config.complete(saved_config, f"{directory}/{step}").to_dict()

@@ -7,7 +7,7 @@ its own rows (see `_split_micro`). Both steps take the run's one StateLayout (st
 
 import functools
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,9 @@ def compiler_options(platform: str) -> dict | None:
         probe = jax.jit(lambda x: x @ x, compiler_options=_CPU_COMPILER_OPTIONS)
         probe.lower(jax.device_put(jnp.ones((8, 8)), cpu)).compile()
     except jax.errors.JaxRuntimeError as e:
-        warnings.warn(f"XLA rejected the CPU compile options {_CPU_COMPILER_OPTIONS}, keeping its defaults: {e}")
+        warnings.warn(
+            f"XLA rejected the CPU compile options {_CPU_COMPILER_OPTIONS}, keeping its defaults: {e}", stacklevel=2
+        )
         return None
     return dict(_CPU_COMPILER_OPTIONS)
 

@@ -104,7 +104,7 @@ def load(init_from: str, m: ModelConfig) -> dict[str, np.ndarray]:
 
 
 def _split_step(init_from: str) -> tuple[str, int | None]:
-    """"PATH@STEP" -> (PATH, STEP); "PATH" -> (PATH, None)."""
+    """ "PATH@STEP" -> (PATH, STEP); "PATH" -> (PATH, None)."""
     path, at, step = init_from.rpartition("@")
     if not at or os.path.exists(init_from):
         return init_from, None

@@ -14,17 +14,30 @@ import nbformat
 HERE = pathlib.Path(__file__).resolve().parent
 
 CELLS = [
-    ("markdown", """# jaxgpt: use the getting-started run
+    (
+        "markdown",
+        """# jaxgpt: use the getting-started run
 
 Restores the checkpoint that `bash getting_started.sh` trained (Orbax, on whatever devices are present), evaluates the
-validation loss, plots the run and generates text with the kv-cached sampler. Set `JAXGPT_WORKDIR` to use another run."""),
-    ("code", """import os
+validation loss, plots the run and generates text with the kv-cached sampler. Set `JAXGPT_WORKDIR` to use another
+run.""",
+    ),
+    (
+        "code",
+        """import os
 
 WORKDIR = os.environ.get("JAXGPT_WORKDIR", "runs/gpt60m_steps24")
 if os.path.basename(os.getcwd()) == "notebooks":
-    os.chdir("..")  # WORKDIR and the data paths in its config are relative to the repository root"""),
-    ("markdown", "## Restore\n`checkpoint.load` rebuilds the model from the config the checkpoint holds; by default on one device."),
-    ("code", """import jax
+    os.chdir("..")  # WORKDIR and the data paths in its config are relative to the repository root""",
+    ),
+    (
+        "markdown",
+        "## Restore\n`checkpoint.load` rebuilds the model from the config the checkpoint holds; by default on one"
+        " device.",
+    ),
+    (
+        "code",
+        """import jax
 from flax import nnx
 
 from jaxgpt import checkpoint, generate, plots, sharding, train_step
@@ -36,13 +49,23 @@ from jaxgpt.state import StateLayout, StepConfig
 
 model, cfg = checkpoint.load(WORKDIR)
 print(f"{count_params(model.cfg):,} parameters, {model.cfg.n_layer} layers of width {model.cfg.n_embd}, "
-      f"trained {cfg.train.num_steps} steps; devices: {jax.device_count()} x {jax.devices()[0].device_kind}")"""),
+      f"trained {cfg.train.num_steps} steps; devices: {jax.device_count()} x {jax.devices()[0].device_kind}")""",
+    ),
     ("markdown", "Sharded instead: every parameter split over all local devices (FSDP), as training lays it out."),
-    ("code", """mesh = sharding.make_mesh(1, -1, 1, devices=jax.local_devices())
+    (
+        "code",
+        """mesh = sharding.make_mesh(1, -1, 1, devices=jax.local_devices())
 model, cfg = checkpoint.load(WORKDIR, mesh=mesh)
-print(dict(mesh.shape), "| wte.weight [V, D] is split as", model.wte.weight[...].sharding.spec)"""),
-    ("markdown", "## Validation loss\nThe eval step of training, on the first `train.eval_steps` batches of the validation split."),
-    ("code", """import json
+print(dict(mesh.shape), "| wte.weight [V, D] is split as", model.wte.weight[...].sharding.spec)""",
+    ),
+    (
+        "markdown",
+        "## Validation loss\nThe eval step of training, on the first `train.eval_steps` batches of the validation"
+        " split.",
+    ),
+    (
+        "code",
+        """import json
 
 layout = StateLayout.build(StepConfig.from_config(cfg, num_steps=1), mesh)
 eval_step = train_step.make_eval_step(layout)
@@ -58,15 +81,28 @@ with batches:
         loss_sum, num_tokens = loss_sum + float(out["loss_sum"]), num_tokens + float(out["num_tokens"])
 run = plots.read_runs([WORKDIR])[0]
 print(f"validation loss {loss_sum / num_tokens:.4f} over {int(num_tokens):,} tokens; "
-      f"the run logged {run.eval[max(run.eval)]['eval_loss']:.4f} at step {max(run.eval)}")"""),
-    ("markdown", "## The run\nTrain and eval loss (tokens seen on the top axis), learning rate, gradient norm, tokens/s, from `metrics.jsonl`."),
+      f"the run logged {run.eval[max(run.eval)]['eval_loss']:.4f} at step {max(run.eval)}")""",
+    ),
+    (
+        "markdown",
+        "## The run\nTrain and eval loss (tokens seen on the top axis), learning rate, gradient norm, tokens/s, from"
+        " `metrics.jsonl`.",
+    ),
     ("code", """plots.figure([run])"""),
-    ("markdown", "## Generate\nThe tokenizer the run recorded in its workdir; one prefill, then a jitted decode loop with a kv cache.\n"
-     "After the getting-started run's 24 steps (loss 8.1) the model has learnt token frequencies, not language: expect word salad."),
-    ("code", """tokenizer = load_tokenizer(checkpoint.tokenizer_path(WORKDIR))
+    (
+        "markdown",
+        "## Generate\nThe tokenizer the run recorded in its workdir; one prefill, then a jitted decode loop with a kv"
+        " cache.\n"
+        "After the getting-started run's 24 steps (loss 8.1) the model has learnt token frequencies, not language:"
+        " expect word salad.",
+    ),
+    (
+        "code",
+        """tokenizer = load_tokenizer(checkpoint.tokenizer_path(WORKDIR))
 prompts = ["The best way to learn a language is", "In 2023, the city council"]
 for c in generate.generate(model, tokenizer, prompts, max_new_tokens=32, temperature=0.8, top_p=0.95, seed=0):
-    print(f"{c.prompt!r} -> {c.completion!r}")"""),
+    print(f"{c.prompt!r} -> {c.completion!r}")""",
+    ),
 ]
 
 

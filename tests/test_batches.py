@@ -7,10 +7,10 @@ import threading
 import jax
 import numpy as np
 import pytest
+from conftest import TEST_DATA
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from conftest import TEST_DATA
 from jaxgpt.data import pipeline as batches
 from jaxgpt.data.pipeline import (
     eval_batches,

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TEST_DATA
+
 from jaxgpt import checkpoint, config, train
 
 FIXTURE = TEST_DATA / "checkpoint_v0_1"

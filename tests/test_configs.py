@@ -7,9 +7,9 @@ import sys
 
 import jax
 import pytest
+from conftest import REPO
 from flax import nnx
 
-from conftest import REPO
 from jaxgpt import config
 from jaxgpt.model import GPT, ModelConfig, count_params
 from jaxgpt.optim import OptimConfig
@@ -43,8 +43,13 @@ def test_gpt60m_matches_the_getting_started_model():
     m = ModelConfig.from_config(_load(REPO / "configs" / "gpt60m.py"))
     assert (m.n_embd, m.n_layer, m.n_head_q, m.n_head_kv, m.mlp_hidden, m.seq_len) == (512, 10, 8, 8, 1536, 512)
     assert (m.pos_emb, m.norm, m.norm_eps, m.use_bias, m.tie_embeddings, m.vocab_size) == (
-        "rope", "layer", 1e-5, False, True, 50304,
-    )  # fmt: skip
+        "rope",
+        "layer",
+        1e-5,
+        False,
+        True,
+        50304,
+    )
 
 
 def test_configs_load_through_config_flags_from_another_directory(tmp_path):
@@ -62,8 +67,12 @@ def test_configs_load_through_config_flags_from_another_directory(tmp_path):
         path = REPO / "configs" / name
         out = subprocess.run(
             [sys.executable, "-c", script, f"--config={path}", "--config.train.grad_accum=3"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PYTHONSAFEPATH": "1", "PATH": ""},
-        )  # fmt: skip
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONSAFEPATH": "1", "PATH": ""},
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == expected.split()
 

@@ -146,8 +146,22 @@ def test_shuffles_and_chunks_through_the_console_script(tmp_path):
         ("create_shuffled_jsonl_chunk", RAW, "jsonl"),
     ]:
         out = tmp_path / f"c.{ext}"
-        _cli("data", name, "--input_file_list_path", FILES, "--input_data_root_path", root,
-             "--output_chunk_file_path", out, "--chunk_id", 3, "--num_chunks", 8, "--global_seed", 42)  # fmt: skip
+        _cli(
+            "data",
+            name,
+            "--input_file_list_path",
+            FILES,
+            "--input_data_root_path",
+            root,
+            "--output_chunk_file_path",
+            out,
+            "--chunk_id",
+            3,
+            "--num_chunks",
+            8,
+            "--global_seed",
+            42,
+        )
         assert out.read_bytes() == (GOLD / f"chunk_3_of_8_seed42.{ext}").read_bytes()
 
 
@@ -158,8 +172,20 @@ def test_unseeded_runs_print_a_seed_that_reproduces_them(tmp_path):
     shuffle.shuffle_pbin(src, tmp_path / "b.pbin", seed=seed)
     assert (tmp_path / "a.pbin").read_bytes() == (tmp_path / "b.pbin").read_bytes()
     assert sorted(_docs(tmp_path / "a.pbin")) == sorted(_docs(src)) and _docs(tmp_path / "a.pbin") != _docs(src)
-    proc = _cli("data", "create_shuffled_jsonl_chunk", "--input_file_list_path", FILES, "--input_data_root_path", RAW,
-                "--output_chunk_file_path", tmp_path / "a.jsonl", "--chunk_id", 1, "--num_chunks", 3)  # fmt: skip
+    proc = _cli(
+        "data",
+        "create_shuffled_jsonl_chunk",
+        "--input_file_list_path",
+        FILES,
+        "--input_data_root_path",
+        RAW,
+        "--output_chunk_file_path",
+        tmp_path / "a.jsonl",
+        "--chunk_id",
+        1,
+        "--num_chunks",
+        3,
+    )
     seed = int(proc.stderr.split("drew --global_seed ")[1].split()[0])
     chunks.create_jsonl_chunk(FILES, RAW, tmp_path / "b.jsonl", chunk_id=1, num_chunks=3, global_seed=seed)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
@@ -239,17 +265,31 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(tmp_path):
     cases = [
         (["shuffle_tokenized_data", "--input_data_path", tmp_path / "empty.pbin"], "has no documents"),
         (["shuffle_tokenized_data", "--input_data_path", TEST_DATA / "lorem_ipsum.jsonl"], "token width"),
-        (["shuffle_tokenized_data", "--input_data_path", TEST_DATA / "lorem_ipsum.pbin", "--batch_size", 0],
-         "--batch_size must be at least 1"),
+        (
+            ["shuffle_tokenized_data", "--input_data_path", TEST_DATA / "lorem_ipsum.pbin", "--batch_size", 0],
+            "--batch_size must be at least 1",
+        ),
         (["shuffle_jsonl_data", "--input_data_path", tmp_path / "empty.jsonl"], "file is empty"),
         (["shuffle_jsonl_data", "--input_data_path", tmp_path / "nope.jsonl"], "nope.jsonl: no such file"),
     ]
     for args, message in cases:
         proc = _cli("data", *args, "--output_data_path", tmp_path / "o", "--seed", 1, check=False)
         assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    proc = _cli("data", "create_shuffled_dataset_chunk", "--input_file_list_path", tmp_path / "list.txt",
-                "--input_data_root_path", tmp_path, "--output_chunk_file_path", tmp_path / "o", "--chunk_id", 0,
-                "--num_chunks", 1, check=False)  # fmt: skip
+    proc = _cli(
+        "data",
+        "create_shuffled_dataset_chunk",
+        "--input_file_list_path",
+        tmp_path / "list.txt",
+        "--input_data_root_path",
+        tmp_path,
+        "--output_chunk_file_path",
+        tmp_path / "o",
+        "--chunk_id",
+        0,
+        "--num_chunks",
+        1,
+        check=False,
+    )
     assert proc.returncode == 1 and f"list.txt:2: {tmp_path / 'missing.pbin'} does not exist" in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["empty.jsonl", "empty.pbin", "f0.pbin", "list.txt"]
 
@@ -269,12 +309,18 @@ def test_old_offset_12_files_shuffle_their_true_documents(tmp_path):
         ("settings: {}\ntokenizer: {}\n", "settings.src_path is missing"),
         ("settings: [\n", "not valid YAML"),
         ("settings:\n  src_path: ${modalities_env:x}\n", ":2: interpolations"),
-        ("{SETTINGS}tokenizer:\n  component_key: tokenizer\n  variant_key: pretrained_sp_tokenizer\n"
-         "  config: {tokenizer_model_file: t.model}\n", "SentencePiece) is not supported"),  # fmt: skip
+        (
+            "{SETTINGS}tokenizer:\n  component_key: tokenizer\n  variant_key: pretrained_sp_tokenizer\n"
+            "  config: {tokenizer_model_file: t.model}\n",
+            "SentencePiece) is not supported",
+        ),
         ("{SETTINGS}{HF}    truncation: true\n", "truncation True is not supported"),
         ("{SETTINGS}{HF}    special_tokens: {pad_token: '[PAD]'}\n", "'[PAD]' is not in"),
-        ("{SETTINGS}tokenizer:\n  component_key: tokenizer\n  variant_key: pretrained_hf_tokenizer\n"
-         "  config: {pretrained_model_name_or_path: gpt2}\n", "not a local directory"),  # fmt: skip
+        (
+            "{SETTINGS}tokenizer:\n  component_key: tokenizer\n  variant_key: pretrained_hf_tokenizer\n"
+            "  config: {pretrained_model_name_or_path: gpt2}\n",
+            "not a local directory",
+        ),
     ],
 )
 def test_pack_yaml_errors(tmp_path, yaml_text, message):
@@ -354,8 +400,13 @@ def test_shuffle_of_a_file_larger_than_its_memory_limit(tmp_path):
         writer.write(np.repeat(ids, doc_tokens), np.full(64, doc_tokens))
     writer.close()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, src, tmp_path / "out.pbin"], capture_output=True,
-                          text=True, env=env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, src, tmp_path / "out.pbin"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) < 100 << 10  # peak RSS in KiB: under 100 MB for 256 MB of data
     src.unlink()

@@ -6,10 +6,10 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from jaxgpt import distributed, train
 from test_train import _cli, tiny_config, train_losses
+
+from jaxgpt import distributed, train
 
 SLURM_STEP = {  # what srun sets in each of 2 tasks on one node (only the variables jaxgpt reads, and SLURM_NTASKS)
     "SLURM_JOB_ID": "4242",
@@ -45,8 +45,11 @@ def test_the_launch_comes_from_the_flags_then_jax_variables_then_slurm():
         ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES.*number of processes is"),
         ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, r"not in \[0, 2\)"),
         ({}, {**SLURM_STEP, "SLURM_PROCID": "x"}, r"\$SLURM_PROCID='x' is not an integer"),
-        ({}, {k: v for k, v in SLURM_STEP.items() if k != "SLURM_STEP_NODELIST"} | {"SLURM_PROCID": "0"},
-         r"without \$SLURM_STEP_NODELIST"),
+        (
+            {},
+            {k: v for k, v in SLURM_STEP.items() if k != "SLURM_STEP_NODELIST"} | {"SLURM_PROCID": "0"},
+            r"without \$SLURM_STEP_NODELIST",
+        ),
     ],
 )
 def test_an_incomplete_launch_is_one_clear_error(kwargs, env, message):
@@ -66,8 +69,17 @@ def test_two_srun_tasks_on_localhost_train_like_one_process(tmp_path):
     cmd = _cli(workdir, "--config.train.num_steps=3", "--config.data.val_path=")
     env = {**os.environ, **SLURM_STEP, "JAX_COORDINATOR_PORT": port}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # 4 devices per process, 8 in the mesh
-    procs = [subprocess.Popen(cmd, cwd=REPO, env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -76,8 +88,10 @@ def test_two_srun_tasks_on_localhost_train_like_one_process(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     banner = outs[0][0]
     assert "over 8 cpu device(s), 2 process(es)" in banner, banner
-    assert f"jax.distributed from SLURM (srun, job 4242, 2 tasks on 1 node(s)): process 0 of 2, coordinator" \
-        f" localhost:{port}" in banner  # fmt: skip
+    assert (
+        f"jax.distributed from SLURM (srun, job 4242, 2 tasks on 1 node(s)): process 0 of 2, coordinator"
+        f" localhost:{port}" in banner
+    )
     a, b = train_losses(workdir), train_losses(single)
     assert a.keys() == b.keys() == {1, 2, 3}
     np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)

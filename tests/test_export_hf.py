@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TOKENIZER
 from flax import nnx
 
-from conftest import TOKENIZER
 from jaxgpt import hf, warmstart
 from jaxgpt.model import GPT, ModelConfig
 
@@ -21,23 +21,40 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 BASE = ModelConfig(
-    vocab_size=128, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=96, mlp="swiglu", pos_emb="rope",
-    rope_base=10000.0, norm="layer", norm_eps=1e-5, attn="causal", qk_norm=False, use_bias=False,
-    tie_embeddings=True, dropout=0.0, init_std=0.3, seq_len=128,
-)  # fmt: skip
+    vocab_size=128,
+    n_layer=2,
+    n_head_q=4,
+    n_head_kv=2,
+    n_embd=32,
+    ffn_hidden=96,
+    mlp="swiglu",
+    pos_emb="rope",
+    rope_base=10000.0,
+    norm="layer",
+    norm_eps=1e-5,
+    attn="causal",
+    qk_norm=False,
+    use_bias=False,
+    tie_embeddings=True,
+    dropout=0.0,
+    init_std=0.3,
+    seq_len=128,
+)
 REAL_VOCAB = 100  # the test tokenizer's tokens: ids 100..127 are padded rows
 # case -> (options, the native class)
 CASES = {
     "stablelm_rope_gqa_tied": (dict(), "StableLmForCausalLM"),
     "stablelm_nopos_nobiasnorm_untied": (
-        dict(pos_emb="none", norm="layer_no_bias", tie_embeddings=False), "StableLmForCausalLM"
+        dict(pos_emb="none", norm="layer_no_bias", tie_embeddings=False),
+        "StableLmForCausalLM",
     ),
     "llama_bias_untied": (dict(norm="rms", use_bias=True, tie_embeddings=False, n_head_kv=4), "LlamaForCausalLM"),
     "llama_gqa_tied": (dict(norm="rms", n_head_kv=1), "LlamaForCausalLM"),
     "starcoder2_bias_gqa_untied": (dict(mlp="gelu", use_bias=True, tie_embeddings=False), "Starcoder2ForCausalLM"),
     "starcoder2_nobias_tied": (dict(mlp="gelu", norm="layer_no_bias", n_head_kv=4), "Starcoder2ForCausalLM"),
     "gpt2_learned_bias_untied": (
-        dict(mlp="gelu", pos_emb="learned", use_bias=True, tie_embeddings=False, n_head_kv=4), "GPT2LMHeadModel"
+        dict(mlp="gelu", pos_emb="learned", use_bias=True, tie_embeddings=False, n_head_kv=4),
+        "GPT2LMHeadModel",
     ),
     "gpt2_nopos_gqa_tied": (dict(mlp="gelu", pos_emb="none", norm="layer_no_bias"), "GPT2LMHeadModel"),
 }
@@ -137,8 +154,9 @@ def test_hf_greedy_generate_of_32_tokens_equals_jaxgpt_generate(exported):
     want = []
     for row in out[:, prompts_BxP.shape[1] :].tolist():  # HF pads a row after its eos: cut after the first
         want.append(row[: row.index(eod) + 1] if eod in row else row)
-    got = generate_ids(jaxgpt_model(cfg, flat), prompts_BxP.tolist(), max_new_tokens=32, eos_id=eod,
-                       vocab_size=REAL_VOCAB)  # fmt: skip
+    got = generate_ids(
+        jaxgpt_model(cfg, flat), prompts_BxP.tolist(), max_new_tokens=32, eos_id=eod, vocab_size=REAL_VOCAB
+    )
     assert got == want
     assert all(t < REAL_VOCAB for row in got for t in row)
     assert len(set(got[0] + got[1])) > 2  # not one token repeated (init_std 0.3 keeps random models from that)
@@ -169,29 +187,64 @@ def test_folder_has_tokenizer_and_generation_config(exported):
 HF_MODELS = {
     "llama": (
         "LlamaConfig",
-        dict(hidden_size=32, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=True, mlp_bias=True),
+        dict(
+            hidden_size=32,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
         dict(norm="rms", ffn_hidden=384, use_bias=True, tie_embeddings=False),  # SwiGLU: int(2 * 384 / 3) = 256
     ),
     "stablelm": (
         "StableLmConfig",
-        dict(hidden_size=32, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-             layer_norm_eps=1e-5, partial_rotary_factor=1.0, tie_word_embeddings=True),
+        dict(
+            hidden_size=32,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            layer_norm_eps=1e-5,
+            partial_rotary_factor=1.0,
+            tie_word_embeddings=True,
+        ),
         dict(ffn_hidden=384, n_head_kv=4),
     ),
     "starcoder2": (
         "Starcoder2Config",
-        dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             norm_epsilon=1e-5, hidden_act="gelu", sliding_window=None, use_bias=True, tie_word_embeddings=True),
+        dict(
+            hidden_size=32,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            norm_epsilon=1e-5,
+            hidden_act="gelu",
+            sliding_window=None,
+            use_bias=True,
+            tie_word_embeddings=True,
+        ),
         dict(mlp="gelu", ffn_hidden=128, use_bias=True),
     ),
     "gpt2": (
         "GPT2Config",
-        dict(n_embd=32, n_layer=2, n_head=4, n_inner=128, n_positions=128, activation_function="gelu",
-             layer_norm_epsilon=1e-5, tie_word_embeddings=False),
+        dict(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_inner=128,
+            n_positions=128,
+            activation_function="gelu",
+            layer_norm_epsilon=1e-5,
+            tie_word_embeddings=False,
+        ),
         dict(mlp="gelu", ffn_hidden=128, pos_emb="learned", use_bias=True, n_head_kv=4, tie_embeddings=False),
     ),
-}  # fmt: skip
+}
 
 
 def _random_hf_model(name: str, directory, vocab: int = 128):

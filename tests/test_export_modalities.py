@@ -11,22 +11,37 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-
 from conftest import REPO, TOKENIZER
+from flax import nnx
+from test_export_hf import _random_params, jaxgpt_model
+
 from jaxgpt import hf, modalities_export
 from jaxgpt.model import ModelConfig
-from test_export_hf import _random_params, jaxgpt_model
 
 MODALITIES = REPO / ".bench_cache" / "modalities-venv" / "bin"
 pytestmark = pytest.mark.skipif(not (MODALITIES / "python").exists(), reason=f"Modalities venv absent ({MODALITIES})")
 
 # Modalities wants n_embd, ffn_hidden and the vocab in multiples of 128
 BASE = ModelConfig(
-    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=128, ffn_hidden=256, mlp="swiglu", pos_emb="rope",
-    rope_base=10000.0, norm="layer", norm_eps=1e-5, attn="causal", qk_norm=False, use_bias=False,
-    tie_embeddings=True, dropout=0.0, init_std=0.1, seq_len=32,
-)  # fmt: skip
+    vocab_size=256,
+    n_layer=2,
+    n_head_q=4,
+    n_head_kv=2,
+    n_embd=128,
+    ffn_hidden=256,
+    mlp="swiglu",
+    pos_emb="rope",
+    rope_base=10000.0,
+    norm="layer",
+    norm_eps=1e-5,
+    attn="causal",
+    qk_norm=False,
+    use_bias=False,
+    tie_embeddings=True,
+    dropout=0.0,
+    init_std=0.1,
+    seq_len=32,
+)
 CASES = {
     "rope_swiglu_gqa_tied": {},
     "learned_gelu_bias_untied": dict(pos_emb="learned", mlp="gelu", use_bias=True, tie_embeddings=False, n_head_kv=4),
@@ -77,7 +92,6 @@ def _tokenizer(directory):
     return tok
 
 
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """{case: (cfg, flat params, tokens, folder)}, each folder exported and run through Modalities (LOAD_AND_RUN)."""
@@ -90,16 +104,18 @@ def exported(tmp_path_factory):
         flat = _random_params(cfg, seed)
         folder = root / name / "out"
         written = root / name / "written"  # then moved: generate_text runs where the folder lies, not where written
-        modalities_export.write_folder(str(written), flat, cfg, tokenizer_file=str(root / "tokenizer.json"),
-                                       prompt=PROMPT)  # fmt: skip
+        modalities_export.write_folder(
+            str(written), flat, cfg, tokenizer_file=str(root / "tokenizer.json"), prompt=PROMPT
+        )
         written.rename(folder)
         tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, cfg.seq_len)).astype(np.int32)
         np.save(root / name / "tokens.npy", tokens)
         out[name] = (cfg, flat, tokens, folder)
     (root / "load.py").write_text(LOAD_AND_RUN)
     args = [str(root / "load.py"), *(str(f) for *_, f in out.values()), str(out["generate"][3])]
-    done = subprocess.run([str(MODALITIES / "python"), *args], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        [str(MODALITIES / "python"), *args], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, tok
 

@@ -14,10 +14,10 @@ import sys
 import tempfile
 
 from absl import flags
+from conftest import REPO, TEST_DATA, TOKENIZER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, TEST_DATA, TOKENIZER
 from jaxgpt.data import index, pack, pbin
 from jaxgpt.data.errors import PackedDataError
 from jaxgpt.data.source import PackedWindowSource
@@ -26,8 +26,13 @@ SCALE = int(os.environ.get("JAXGPT_FUZZ_SCALE", "1"))
 
 
 def fuzz(examples: int):
-    return settings(max_examples=examples * SCALE, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+    return settings(
+        max_examples=examples * SCALE,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def damaged(real: bytes):
@@ -37,8 +42,11 @@ def damaged(real: bytes):
     return st.one_of(
         st.binary(max_size=2048),
         st.integers(0, len(real)).map(lambda n: real[:n]),
-        flips.map(lambda fs: functools.reduce(lambda b, f: b[: f[0]] + bytes([b[f[0]] ^ (1 << f[1])]) + b[f[0] + 1 :],
-                                              fs, real)),  # fmt: skip
+        flips.map(
+            lambda fs: functools.reduce(
+                lambda b, f: b[: f[0]] + bytes([b[f[0]] ^ (1 << f[1])]) + b[f[0] + 1 :], fs, real
+            )
+        ),
         header.map(lambda h: h[0].to_bytes(8, "little") + h[1].to_bytes(4, "little") + real[pbin.HEADER_BYTES :]),
     )
 
@@ -91,8 +99,9 @@ def test_idx_reader_refuses_damaged_files_cleanly(blob):
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["text", "t", ""]) | st.text(), inner,
-                                                               max_size=4),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["text", "t", ""]) | st.text(), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 LINE = st.one_of(
@@ -129,8 +138,16 @@ def test_the_indexer_and_packer_refuse_bad_jsonl_cleanly_and_leave_no_file(lines
                 assert "\n" not in str(e) and files_in(d) == ["in.jsonl"], (str(e), files_in(d))
                 return
             try:
-                pack.pack_jsonl(src, out, tokenizer_file=TOKENIZER, jq_pattern=".text", index_path=idx,
-                                num_processes=1, skip_faulty_lines=skip, progress=False)  # fmt: skip
+                pack.pack_jsonl(
+                    src,
+                    out,
+                    tokenizer_file=TOKENIZER,
+                    jq_pattern=".text",
+                    index_path=idx,
+                    num_processes=1,
+                    skip_faulty_lines=skip,
+                    progress=False,
+                )
             except PackedDataError as e:
                 assert "\n" not in str(e) and files_in(d) == ["in.idx", "in.jsonl"], (str(e), files_in(d))
                 return
@@ -140,17 +157,23 @@ def test_the_indexer_and_packer_refuse_bad_jsonl_cleanly_and_leave_no_file(lines
 
 
 KNOBS = sorted(
-    f"{section}.{key}" for section, values in json.loads(
-        __import__("jaxgpt.config", fromlist=["base_config"]).base_config().to_json()).items() for key in values
-)  # fmt: skip
+    f"{section}.{key}"
+    for section, values in json.loads(
+        __import__("jaxgpt.config", fromlist=["base_config"]).base_config().to_json()
+    ).items()
+    for key in values
+)
 VALUE = st.one_of(
     st.text(max_size=12),
     st.integers().map(str),
     st.floats().map(str),
     st.sampled_from(["True", "false", "None", "[1, 2]", "{}", "1e400", "-0", "0x10", "", "'quoted'", "\n", "1\n2"]),
 )
-KEY = st.one_of(st.sampled_from(KNOBS), st.sampled_from(["train", "model", ""]),
-                st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.", min_size=1, max_size=20))  # fmt: skip
+KEY = st.one_of(
+    st.sampled_from(KNOBS),
+    st.sampled_from(["train", "model", ""]),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.", min_size=1, max_size=20),
+)
 
 
 @fuzz(300)

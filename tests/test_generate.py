@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-
 from conftest import REPO, TEST_DATA, TOKENIZER
+from flax import nnx
+from test_train import tiny_config
+
 from jaxgpt import checkpoint, generate, sharding, train
 from jaxgpt.config import load_config_file
 from jaxgpt.data.tokenize import load_tokenizer
 from jaxgpt.state import StateLayout, StepConfig
-from test_train import tiny_config
 
 VOCAB = 512  # a small padded vocab for the model tests; the "tokenizer" has LIMIT ids
 LIMIT = 500
@@ -246,14 +246,22 @@ def test_a_run_records_its_tokenizer_and_the_workdir_alone_generates(tiny_run, t
         assert a.read() == b.read()
     out = tmp_path / "out.jsonl"
     proc = _cli(
-        f"--workdir={tiny_run}", "--prompt=The capital of France is", "--prompt=Once upon a time",
-        "--max_new_tokens=6", "--temperature=0", "--num_samples=2", f"--output_jsonl={out}",
-    )  # fmt: skip
+        f"--workdir={tiny_run}",
+        "--prompt=The capital of France is",
+        "--prompt=Once upon a time",
+        "--max_new_tokens=6",
+        "--temperature=0",
+        "--num_samples=2",
+        f"--output_jsonl={out}",
+    )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["prompt"], r["sample"]) for r in records] == [
-        ("The capital of France is", 0), ("The capital of France is", 1), ("Once upon a time", 0), ("Once upon a time", 1)
-    ]  # fmt: skip
+        ("The capital of France is", 0),
+        ("The capital of France is", 1),
+        ("Once upon a time", 0),
+        ("Once upon a time", 1),
+    ]
     tok = load_tokenizer(TOKENIZER)
     model, _ = checkpoint.load(tiny_run)
     expected = generate.generate(model, tok, ["The capital of France is"], max_new_tokens=6, temperature=0.0)[0]
@@ -293,8 +301,9 @@ def test_prompts_file_holds_one_prompt_per_line(tiny_run, tmp_path):
     proc = _cli(f"--workdir={tiny_run}", f"--prompts_file={prompts}", "--max_new_tokens=3", f"--output_jsonl={out}")
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == [
-        "The capital of France is", "Once upon a time"
-    ]  # fmt: skip
+        "The capital of France is",
+        "Once upon a time",
+    ]
 
 
 def test_the_committed_notebook_runs_on_a_tiny_run(tiny_run, monkeypatch):

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 from flax import nnx
 
-from conftest import REPO
 from jaxgpt.model import GPT, ModelConfig, count_params, flops_per_token, peak_flops
 from jaxgpt.model.attention import attention_implementation, causal_attention, query_block
 from jaxgpt.model.layers import NORMS, LayerNorm, LayerNormNoBias, Linear, RMSNorm
@@ -21,10 +21,24 @@ from jaxgpt.train_step import compiler_options
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
 
 SMALL = ModelConfig(
-    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=128, mlp="swiglu", pos_emb="rope",
-    rope_base=10000.0, norm="layer", norm_eps=1e-5, qk_norm=False, use_bias=False, tie_embeddings=True, dropout=0.0,
-    init_std=0.02, seq_len=16,
-)  # fmt: skip
+    vocab_size=256,
+    n_layer=2,
+    n_head_q=4,
+    n_head_kv=2,
+    n_embd=32,
+    ffn_hidden=128,
+    mlp="swiglu",
+    pos_emb="rope",
+    rope_base=10000.0,
+    norm="layer",
+    norm_eps=1e-5,
+    qk_norm=False,
+    use_bias=False,
+    tie_embeddings=True,
+    dropout=0.0,
+    init_std=0.02,
+    seq_len=16,
+)
 
 VARIANTS = {
     "gqa_rope_swiglu_tied": {},

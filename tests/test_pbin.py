@@ -1,4 +1,4 @@
-"""The .pbin/.idx format: width rule, byte-exact index pickles, untrusted pickles, legacy offsets, corrupt files, merge."""
+"""The .pbin/.idx format: width rule, byte-exact index pickles, untrusted pickles, old offsets, corrupt files, merge."""
 
 import io
 import os

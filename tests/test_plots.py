@@ -12,14 +12,14 @@ import warnings
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO, TEST_DATA
 from matplotlib import image as mpimg
 from PIL import Image
+from test_train import tiny_config
 
-from conftest import REPO, TEST_DATA
 from jaxgpt import plots, train
 from jaxgpt.plots import MetricsError
 from jaxgpt.recorder import Recorder
-from test_train import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURE_PIXELS = (1200, 800)  # plots.figure: 12 x 8 inches at 100 dpi
@@ -45,8 +45,9 @@ def recorded_run(workdir, last_step, *, first_step=0, eval_every=0, shift=0.0):
     tokens_per_step = json.loads(REAL_CONFIG_JSON.read_text())["derived"]["tokens_per_step"]
     cfg = ml_collections.ConfigDict({"wandb": {"mode": "disabled"}, "train": {"log_every": 1}})
     plan = types.SimpleNamespace(num_steps=last_step, tokens_per_step=tokens_per_step)
-    setup = types.SimpleNamespace(workdir=str(workdir), cfg=cfg, plan=plan, end_step=last_step, flops_per_token=1e6,
-                                  peak_flops=1e12)  # fmt: skip
+    setup = types.SimpleNamespace(
+        workdir=str(workdir), cfg=cfg, plan=plan, end_step=last_step, flops_per_token=1e6, peak_flops=1e12
+    )
     with Recorder(setup, {}, first_step, checkpoints=None) as recorder:
         for step in range(first_step + 1, last_step + 1):
             recorder.train(step, {"loss": 6.0 - 0.1 * step + shift, "grad_norm": 1.0 / step, "lr": 1e-3 * step})
@@ -181,8 +182,9 @@ def test_several_runs_overlay_from_the_command_line(tmp_path):
         "runpy.run_path('tools/plot_metrics.py', run_name='__main__')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib') or m == 'matplotlib.pyplot'))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=REPO,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"wrote {a}/metrics.png", "[]"]  # the first DIR's metrics.png
     assert_png(os.path.join(a, "metrics.png"))
@@ -209,8 +211,14 @@ def test_the_tokens_axis_needs_one_tokens_per_step(tmp_path):
 
 
 def test_a_missing_metrics_file_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "tools/plot_metrics.py", str(tmp_path)], capture_output=True, text=True,
-                          env=ENV, cwd=REPO, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "tools/plot_metrics.py", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 1
     reason = "no such file (a jaxgpt workdir holds one from its first logged step)"
     assert proc.stderr == f"error: {tmp_path}/metrics.jsonl: {reason}\n"

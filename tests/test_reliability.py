@@ -17,11 +17,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TEST_DATA
+from test_train import _cli, assert_trees_equal, final_params, losses_in_order, tiny_config
+
 from jaxgpt import checkpoint, train
 from jaxgpt.state import StateLayout, StepConfig
-from test_train import _cli, assert_trees_equal, final_params, losses_in_order, tiny_config
 
 STEPS = 6  # tiny_config's run (test_train.py): 8 seqs x 64 tokens per step, evaluations at steps 3 and 6
 
@@ -58,16 +58,18 @@ def test_damaged_newest_checkpoints_fall_back_to_the_newest_intact_one(reference
     workdir = str(tmp_path / "run")
     shutil.copytree(ref, workdir)
     ckpt_dir = checkpoint.checkpoint_dir(workdir)
-    damaged = {step: damage(f"{ckpt_dir}/{step}", how) for step, how in
-               ((6, "truncated"), (5, "deleted"), (4, "uncommitted"))}  # fmt: skip
+    damaged = {
+        step: damage(f"{ckpt_dir}/{step}", how) for step, how in ((6, "truncated"), (5, "deleted"), (4, "uncommitted"))
+    }
     # compute_dtype "auto" on CPU is float32: it resumes the float32 run, to its numbers.
     with pytest.warns(UserWarning) as warned:
         train.run(tiny_config(**{"train.compute_dtype": "auto"}), workdir)
     messages = [str(w.message) for w in warned if "damaged checkpoint" in str(w.message)]
     assert len(messages) == 3, messages
     for message, (step, reason) in zip(messages, damaged.items()):
-        assert re.fullmatch(rf"{ckpt_dir}/{step}: damaged checkpoint \({reason}.*\); falling back to step {step - 1}",
-                            message), message  # fmt: skip
+        assert re.fullmatch(
+            rf"{ckpt_dir}/{step}: damaged checkpoint \({reason}.*\); falling back to step {step - 1}", message
+        ), message
     assert losses_in_order(workdir) == losses_in_order(ref)  # steps 4-6 and the eval at 6 again, bit for bit
     assert_trees_equal(final_params(workdir), final_params(ref))
     # The damaged steps are kept for inspection, out of Orbax's view; steps 4 and 6 (checkpoint.every=2) saved again.
@@ -110,7 +112,7 @@ def test_auto_compute_dtype_is_float32_on_cpu_and_named_in_the_banner_and_record
     assert step_cfg.resolved("cpu").compute_dtype == "float32"
     assert step_cfg.resolved("gpu").compute_dtype == step_cfg.resolved("tpu").compute_dtype == "bfloat16"
     with pytest.raises(ValueError, match="resolved only on a platform"):
-        step_cfg.dtype
+        _ = step_cfg.dtype
     layout = StateLayout.build(step_cfg, train.sharding.make_mesh(1, -1, 1))
     assert layout.cfg.compute_dtype == "float32"
     assert "compute: float32 on cpu" in printed
@@ -127,8 +129,10 @@ def test_auto_compute_dtype_is_float32_on_cpu_and_named_in_the_banner_and_record
 
 def test_the_banner_plans_the_evaluation_cost_and_the_bar_shows_evaluation(reference, tmp_path):
     _, printed = reference
-    assert "evaluation: 2 batches of 8 seqs (1,024 tokens, the forward passes of 2.0 steps' tokens) every 3 steps" \
-        " and at the last: 2 in all" in printed  # fmt: skip
+    assert (
+        "evaluation: 2 batches of 8 seqs (1,024 tokens, the forward passes of 2.0 steps' tokens) every 3 steps"
+        " and at the last: 2 in all" in printed
+    )
     assert "eval at step 3" in printed and "eval at step 6" in printed  # the evaluation's own progress bar
     full = train.setup(tiny_config(**{"train.eval_steps": 0}), str(tmp_path / "run"), stop_after=None)
     sharding_ = train.sharding.batch_sharding(full.mesh)
@@ -145,8 +149,9 @@ def test_a_missing_pbin_names_the_commands_that_make_it(tmp_path, monkeypatch):
     message = str(error.value)
     assert "`bash getting_started.sh`" in message
     commands = re.findall(r"`([^`]+)`", message)[-1]  # the two tools commands: they must make exactly that file
-    subprocess.run(commands.replace("python ", f"{sys.executable} "), shell=True, check=True, capture_output=True,
-                   timeout=120)  # fmt: skip
+    subprocess.run(
+        commands.replace("python ", f"{sys.executable} "), shell=True, check=True, capture_output=True, timeout=120
+    )
     with open(missing, "rb") as made, open(TEST_DATA / "redpajama_v2_samples_512_test.pbin", "rb") as golden:
         assert made.read() == golden.read()
     other = str(tmp_path / "mine.pbin")
@@ -179,12 +184,14 @@ def test_a_full_disk_during_a_save_is_one_error_and_leaves_only_complete_checkpo
     # 60 MiB: the run's files and the first checkpoint (36 MiB) fit, the second does not.
     with tmpfs(str(tmp_path / "disk"), "size=60m") as disk:
         workdir = os.path.join(disk, "run")
-        proc = subprocess.run(_cli(workdir, "--config.checkpoint.every=2"), cwd=REPO, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            _cli(workdir, "--config.checkpoint.every=2"), cwd=REPO, capture_output=True, text=True, timeout=300
+        )
         # Step 4's save fills the disk; Orbax may report it at step 6's save, after that one failed too.
         line = _one_line_error(proc, f"error: {workdir}/checkpoints: saving step ")
-        assert re.search(r"saving step [46] failed: no space left on device.*the newest complete checkpoint is step 2$",
-                         line), line  # fmt: skip
+        assert re.search(
+            r"saving step [46] failed: no space left on device.*the newest complete checkpoint is step 2$", line
+        ), line
         assert os.listdir(checkpoint.checkpoint_dir(workdir)) == ["2"]  # no partial step 4 a resume could pick
         subprocess.run(["mount", "-o", "remount,size=200m", disk], check=True)  # space freed: the resume is exact
         train.run(tiny_config(), workdir)
@@ -220,8 +227,16 @@ def test_three_kill9s_at_random_moments_end_as_the_uninterrupted_run(reference, 
     """bench/drill_kill.py's drill, 3 kills of a 6-step run (the full drill: 20 kills, BENCHMARKS.md)."""
     ref, _ = reference
     drill, workdir = _drill_module(), str(tmp_path / "killed")
-    records = drill.drill(_cli(workdir, "--config.checkpoint.every=1"), workdir, kills=3, rng=random.Random(0),
-                          max_delay=0.3, env=dict(os.environ), timeout=240, span=(1, 2))  # fmt: skip
+    records = drill.drill(
+        _cli(workdir, "--config.checkpoint.every=1"),
+        workdir,
+        kills=3,
+        rng=random.Random(0),
+        max_delay=0.3,
+        env=dict(os.environ),
+        timeout=240,
+        span=(1, 2),
+    )
     assert len(records) == 3, records  # each kill landed before the run could finish
     assert losses_in_order(workdir) == losses_in_order(ref)
     assert_trees_equal(final_params(workdir), final_params(ref))

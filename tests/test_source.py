@@ -11,8 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TEST_DATA
+
 from jaxgpt.data.pbin import PackedDataError, read_pbin
 from jaxgpt.data.source import PackedWindowSource
 

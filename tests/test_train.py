@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, TEST_DATA
+
 from jaxgpt import checkpoint, train
 from jaxgpt.data import pbin
 from jaxgpt.data.pbin import PackedDataError
@@ -473,7 +473,7 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
 
 
 def test_two_processes_train_like_one(straight_run, tmp_path):
-    """Two jax.distributed CPU processes (4 devices each, gloo) form one 8-device mesh and reproduce the 1-process run."""
+    """Two jax.distributed CPU processes (4 devices each, gloo) form one 8-device mesh and equal the 1-process run."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]

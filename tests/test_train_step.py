@@ -18,19 +18,40 @@ from jaxgpt.state import StateLayout, StepConfig
 from jaxgpt.train_step import _split_micro, compiler_options, make_eval_step, make_train_step
 
 MODEL = ModelConfig(
-    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=128, mlp="swiglu", pos_emb="rope",
-    rope_base=10000.0, norm="layer", norm_eps=1e-5, qk_norm=False, use_bias=False, tie_embeddings=True, dropout=0.0,
-    init_std=0.02, seq_len=16,
-)  # fmt: skip
+    vocab_size=256,
+    n_layer=2,
+    n_head_q=4,
+    n_head_kv=2,
+    n_embd=32,
+    ffn_hidden=128,
+    mlp="swiglu",
+    pos_emb="rope",
+    rope_base=10000.0,
+    norm="layer",
+    norm_eps=1e-5,
+    qk_norm=False,
+    use_bias=False,
+    tie_embeddings=True,
+    dropout=0.0,
+    init_std=0.02,
+    seq_len=16,
+)
 # eps=1e-3: Adam's first update is lr * g / (|g| + eps), which with eps >> 1e-8 stays proportional to the gradient
 # for small g, so comparing updates compares gradients (with eps=1e-8 it is lr * sign(g) and hides them).
 OPTIM = OptimConfig(
     lr=1e-2, min_lr_ratio=0.1, warmup_steps=0, b1=0.9, b2=0.95, eps=1e-3, weight_decay=0.1, clip_norm=1.0
 )
 STEP = StepConfig(
-    MODEL, OPTIM, num_steps=100, grad_accum=1, compute_dtype="float32", remat="none", z_loss=0.0, loss_chunks=4,
+    MODEL,
+    OPTIM,
+    num_steps=100,
+    grad_accum=1,
+    compute_dtype="float32",
+    remat="none",
+    z_loss=0.0,
+    loss_chunks=4,
     attention="auto",
-)  # fmt: skip
+)
 
 
 def _mesh(data=1, fsdp=1, tensor=1):
@@ -43,7 +64,7 @@ def _batch(mesh, G=8, T=16, seed=0, V=256):
     return {"inputs": put(tokens[:, :-1]), "targets": put(tokens[:, 1:]), "mask": put(np.ones((G, T), np.float32))}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(cfg: StepConfig, mesh):
     """(state layout, seed-0 state as numpy, jitted step), compiled once per (config, mesh) for the whole module."""
     layout = StateLayout.build(cfg, mesh)

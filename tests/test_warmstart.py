@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO, TEST_DATA
+
 from jaxgpt import checkpoint, config, hf, optim, sharding, train, warmstart
 from jaxgpt.data import pipeline
 from jaxgpt.data.source import PackedWindowSource
@@ -102,8 +102,9 @@ def test_a_warm_started_run_resumes_exactly_and_records_init_from(tmp_path):
     train.run(cfg, str(tmp_path / "whole"))
     train.run(cfg, str(tmp_path / "split"), stop_after=2)
     train.run(cfg, str(tmp_path / "split"))  # resumes from its own step 2, not from the source
-    whole, split = ([(e["step"], e["loss"]) for e in _metrics(tmp_path / d) if e["event"] == "train"]
-                    for d in ("whole", "split"))  # fmt: skip
+    whole, split = (
+        [(e["step"], e["loss"]) for e in _metrics(tmp_path / d) if e["event"] == "train"] for d in ("whole", "split")
+    )
     assert whole == split and len(whole) == 4
     record = json.loads((tmp_path / "split" / "config.json").read_text())
     assert record["config"]["train"]["init_from"] == f"{SOURCE}@4"
@@ -155,14 +156,23 @@ def test_export_hf_cli_writes_a_folder_and_refuses_cleanly(tmp_path):
     cfg = run_config()
     out = tmp_path / "hf"
     cmd = [sys.executable, str(REPO / "tools" / "export_hf.py"), f"--workdir={SOURCE}", f"--out={out}"]
-    done = subprocess.run(cmd + [f"--tokenizer_file={cfg.data.tokenizer_file}", "--dtype=bfloat16"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        cmd + [f"--tokenizer_file={cfg.data.tokenizer_file}", "--dtype=bfloat16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
         "tokenizer_config.json",
-    ]  # fmt: skip
-    again = subprocess.run(cmd + [f"--tokenizer_file={cfg.data.tokenizer_file}"], capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+    ]
+    again = subprocess.run(
+        cmd + [f"--tokenizer_file={cfg.data.tokenizer_file}"], capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error: --out=")
     assert "Traceback" not in again.stderr

@@ -25,8 +25,14 @@ def main() -> None:
     from jaxgpt.data.cli import clean_errors
 
     with clean_errors(hf.ExportError, checkpoint.CheckpointError):
-        hf.export_workdir(args.workdir, args.out, step=args.step, dtype=args.dtype,
-                          tokenizer_file=args.tokenizer_file, eod_token=args.eod_token)  # fmt: skip
+        hf.export_workdir(
+            args.workdir,
+            args.out,
+            step=args.step,
+            dtype=args.dtype,
+            tokenizer_file=args.tokenizer_file,
+            eod_token=args.eod_token,
+        )
     print(f"wrote {args.out}")
 
 

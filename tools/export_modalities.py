@@ -27,8 +27,14 @@ def main() -> None:
     from jaxgpt.data.cli import clean_errors
 
     with clean_errors(hf.ExportError, checkpoint.CheckpointError):
-        modalities_export.export_workdir(args.workdir, args.out, step=args.step, tokenizer_file=args.tokenizer_file,
-                                         eod_token=args.eod_token, prompt=args.prompt)  # fmt: skip
+        modalities_export.export_workdir(
+            args.workdir,
+            args.out,
+            step=args.step,
+            tokenizer_file=args.tokenizer_file,
+            eod_token=args.eod_token,
+            prompt=args.prompt,
+        )
     print(f"wrote {args.out}")
 
 

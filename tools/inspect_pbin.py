@@ -37,8 +37,8 @@ def main() -> None:
             unknown = tokenizer.unknown_ids(tokens)
             if len(unknown):
                 raise PackedDataError(
-                    f"{args.path}: document {doc} holds token id {unknown[0]}, which {args.tokenizer_file} does not have"
-                    f" (its ids end at {tokenizer.max_id}); is it the tokenizer this file was packed with?"
+                    f"{args.path}: document {doc} holds token id {unknown[0]}, which {args.tokenizer_file} does not"
+                    f" have (its ids end at {tokenizer.max_id}); is it the tokenizer this file was packed with?"
                 )
             sys.stdout.write(tokenizer.decode(tokens) + "\n")
 

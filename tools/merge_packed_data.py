@@ -1,6 +1,6 @@
 """Concatenates .pbin files into one with correct document offsets (Modalities' merge gets them wrong by 12 per file).
 
-    python tools/merge_packed_data.py [--file_existence_policy error|skip|override] OUT.pbin IN1.pbin [IN2.pbin | DIR ...]
+    python tools/merge_packed_data.py [--file_existence_policy error|skip|override] OUT.pbin IN1.pbin [IN2.pbin|DIR ...]
 
 A directory stands for every .pbin below it, in sorted path order. Inputs may use the old offset-12 index layout.
 """

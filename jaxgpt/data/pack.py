@@ -194,8 +194,9 @@ def _unindexed_json_line(src: str, start: int, first_line_no: int) -> int | None
     return None
 
 
-def _encode_lines(first: int, entries_Mx2: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Index entries first.. -> (first, tokens of the good lines back to back, tokens per good line, [(entry, fault)])."""
+def _encode_lines(first: int, entries_Mx2: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, list]:
+    """Index entries first.. -> (first, tokens of the good lines back to back, tokens per good line,
+    [(entry, fault)])."""
     spec, extract, f = _WORKER
     lines = _read_lines(f, entries_Mx2)
     faults: list[tuple[int, str]] = []
@@ -322,9 +323,16 @@ def pack_jsonl(
     spec = _WorkerSpec(src, tokenizer, jq_pattern, eod_id, tokenizer.width, quiet_hf_threads=num_processes > 1)
     line_of = functools.partial(_entry_lines, src, index_Nx2[:, 0], contiguous)
     writer, skipped = _write_pbin(
-        dst, spec, index_Nx2, line_of, num_processes=num_processes, skip_faulty_lines=skip_faulty_lines,
-        progress=progress, batch_bytes=batch_bytes, t0=t0,
-    )  # fmt: skip
+        dst,
+        spec,
+        index_Nx2,
+        line_of,
+        num_processes=num_processes,
+        skip_faulty_lines=skip_faulty_lines,
+        progress=progress,
+        batch_bytes=batch_bytes,
+        t0=t0,
+    )
     _print_summary(src, dst, writer.num_docs, skipped)
     return PackReport(
         dst=dst,
@@ -347,9 +355,7 @@ def _check_num_processes(num_processes: int | None) -> int:
     return num_processes
 
 
-def _load_tokenizer_with_eod(
-    tokenizer_file: str | os.PathLike, backend: str, eod_token: str
-) -> tuple[Tokenizer, int]:
+def _load_tokenizer_with_eod(tokenizer_file: str | os.PathLike, backend: str, eod_token: str) -> tuple[Tokenizer, int]:
     """The tokenizer and the id of its EOD token, which must exist and fit the token width."""
     tokenizer = load_tokenizer(tokenizer_file, backend)
     eod_id = tokenizer.token_id(eod_token)
@@ -420,9 +426,13 @@ def _write_pbin(
             from tqdm import tqdm
 
             pbar = tqdm(
-                total=len(index_Nx2), unit="doc", desc=f"packing {os.path.basename(src)}",
-                file=sys.stderr, disable=not progress, mininterval=0.5,
-            )  # fmt: skip
+                total=len(index_Nx2),
+                unit="doc",
+                desc=f"packing {os.path.basename(src)}",
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=0.5,
+            )
 
             def consume(result) -> None:
                 first, tokens, counts, faults = result

@@ -104,8 +104,9 @@ def tokenizer_file(config: dict, path: str) -> tuple[str, list[str]]:
     for key in sorted(set(hf) - _HF_KNOWN):
         raise PackedDataError(f"{path}: tokenizer.config.{key} is not a pretrained_hf_tokenizer setting")
     if hf.get("truncation"):
-        raise PackedDataError(f"{path}: tokenizer.config.truncation {hf['truncation']!r} is not supported (documents"
-                              " are packed whole)")  # fmt: skip
+        raise PackedDataError(
+            f"{path}: tokenizer.config.truncation {hf['truncation']!r} is not supported (documents are packed whole)"
+        )
     if hf.get("padding") not in (None, False, True, "longest", "do_not_pad"):  # no-ops for one text at a time
         raise PackedDataError(f"{path}: tokenizer.config.padding {hf['padding']!r} is not supported")
     name = hf.get("pretrained_model_name_or_path")

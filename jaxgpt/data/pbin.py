@@ -36,7 +36,7 @@ WIDTH_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 def token_width(vocab_size: int) -> int:
-    """Bytes per token for a base vocabulary of `vocab_size` ids: Modalities' ceil(log2(V) / 8), widened to 1, 2 or 4."""
+    """Bytes per token for a base vocabulary of `vocab_size` ids: Modalities' ceil(log2(V) / 8), as 1, 2 or 4."""
     if vocab_size < 1:
         raise PackedDataError(f"vocabulary size must be positive, got {vocab_size}")
     n = -(-(vocab_size - 1).bit_length() // 8)  # ceil(log2(V) / 8) on integers: ceil(log2 V) == (V-1).bit_length()
@@ -161,8 +161,8 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, int]:
         raise PackedDataError(f"{path}: data_len {data_len} is not a multiple of the token width {width} (corrupt?)")
     if HEADER_BYTES + data_len > file_size:
         raise PackedDataError(
-            f"{path}: header says {data_len} data bytes but the file has only {file_size - HEADER_BYTES} after the header"
-            " (truncated?)"
+            f"{path}: header says {data_len} data bytes but the file has only {file_size - HEADER_BYTES} after the"
+            " header (truncated?)"
         )
     return data_len, width, file_size
 

@@ -80,7 +80,8 @@ class _PairsSink:
                 i for i, p in enumerate(items) if type(p) is not tuple or len(p) != 2 or {type(x) for x in p} != {int}
             )
             raise PackedDataError(
-                f"{self.where}: index entry {self.count + bad} is {items[bad]!r}, expected a tuple of two non-negative ints"
+                f"{self.where}: index entry {self.count + bad} is {items[bad]!r}, expected a tuple of two"
+                " non-negative ints"
             )
         try:
             pairs_Nx2 = np.array(items, dtype=np.int64).reshape(-1, 2)
@@ -89,7 +90,8 @@ class _PairsSink:
         if len(pairs_Nx2) and pairs_Nx2.min() < 0:
             bad = int(np.flatnonzero((pairs_Nx2 < 0).any(axis=1))[0])
             raise PackedDataError(
-                f"{self.where}: index entry {self.count + bad} is {items[bad]!r}, expected a tuple of two non-negative ints"
+                f"{self.where}: index entry {self.count + bad} is {items[bad]!r}, expected a tuple of two"
+                " non-negative ints"
             )
         self.chunks.append(pairs_Nx2)
         self.count += len(pairs_Nx2)

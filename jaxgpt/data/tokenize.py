@@ -1,4 +1,4 @@
-"""Tokenizers for packing: a tokenizer.json loaded as HF `tokenizers` would run it, with a faster tiktoken path for GPT-2.
+"""Tokenizers for packing: a tokenizer.json loaded as HF `tokenizers` runs it, with a faster tiktoken path for GPT-2.
 
 The fast path builds a `tiktoken.Encoding` from a byte-level BPE tokenizer.json (GPT-2 style): the vocabulary's
 byte-level unicode strings map back to bytes and become the mergeable ranks, the pre-tokenizer is GPT-2's regex, and
@@ -72,7 +72,7 @@ def vocabulary_hash(spec: dict) -> str:
 
 
 def fast_path_blocker(spec: dict) -> str | None:
-    """Why this tokenizer.json may not run on tiktoken, or None when it is a vetted vocabulary that passes every check."""
+    """Why this tokenizer.json may not run on tiktoken; None for a vetted vocabulary that passes every check."""
     model = spec.get("model") or {}
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
         return f"model is {model.get('type')!r}, not BPE"
@@ -162,7 +162,7 @@ class Tokenizer:
         return [np.asarray(e.ids, dtype=np.uint32) for e in self._impl.encode_batch(texts, add_special_tokens=True)]
 
     def unknown_ids(self, ids) -> np.ndarray:
-        """The ids, in order, that no token of this tokenizer has (tiktoken cannot decode them, HF decodes them to "")."""
+        """The ids, in order, no token of this tokenizer has (tiktoken cannot decode them, HF decodes them as "")."""
         known = np.zeros(self.max_id + 1, dtype=bool)
         known[list(_build_hf(self.path).get_vocab().values())] = True
         ids = np.asarray(ids, dtype=np.int64)

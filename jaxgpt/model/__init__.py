@@ -10,5 +10,12 @@ from jaxgpt.model.config import ModelConfig
 from jaxgpt.model.flops import count_params, flops_per_token, measure_matmul_peak, peak_flops, total_peak_flops
 from jaxgpt.model.gpt import GPT
 
-__all__ = ["GPT", "ModelConfig", "count_params", "flops_per_token", "measure_matmul_peak", "peak_flops",
-           "total_peak_flops"]  # fmt: skip
+__all__ = [
+    "GPT",
+    "ModelConfig",
+    "count_params",
+    "flops_per_token",
+    "measure_matmul_peak",
+    "peak_flops",
+    "total_peak_flops",
+]

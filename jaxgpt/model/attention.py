@@ -158,8 +158,10 @@ class CausalSelfAttention(nnx.Module):
         H, N, K = self.n_head_q, self.n_head_kv, self.head_dim
         q_BxTxHxK, k_BxTxNxK, v_BxTxNxK = self.qkv(x_BxTxD, rope)
         k_BxNxSxK, v_BxNxSxK = (
-            constrain(jax.lax.dynamic_update_slice_in_dim(c, new.transpose(0, 2, 1, 3).astype(c.dtype), at, axis=2),
-                      *CACHE_AXES)  # [B, T, N, K] -> [B, N, T, K] into slots at .. at+T-1  # fmt: skip
+            constrain(
+                jax.lax.dynamic_update_slice_in_dim(c, new.transpose(0, 2, 1, 3).astype(c.dtype), at, axis=2),
+                *CACHE_AXES,
+            )  # [B, T, N, K] -> [B, N, T, K] into slots at .. at+T-1
             for c, new in zip(kv, (k_BxTxNxK, v_BxTxNxK))
         )
         q_BxNxGxTxK = q_BxTxHxK.reshape(B, T, N, H // N, K).transpose(0, 2, 3, 1, 4)  # q head h reads kv head h // G

@@ -10,7 +10,6 @@ from jaxgpt import config
 from jaxgpt.model.attention import ATTENTIONS
 from jaxgpt.model.layers import MLPS, NORMS
 
-
 POS_EMB = ("rope", "learned", "none")  # model.pos_emb: rotary, a learned table, or none
 
 
