@@ -15,9 +15,9 @@ python3 -m venv .venv
 mkdir -p data/packed
 for split in train test; do
   name=redpajama_v2_samples_512_$split
-  .venv/bin/python tools/create_memmap_index.py --file_existence_policy skip \
+  .venv/bin/jaxgpt create_memmap_index --file_existence_policy skip \
     --index_path data/packed/$name.idx data/raw/$name.jsonl
-  .venv/bin/python tools/create_packed_data.py --file_existence_policy skip \
+  .venv/bin/jaxgpt create_packed_data --file_existence_policy skip \
     --jq_pattern .raw_content --index_path data/packed/$name.idx --dst_path data/packed/$name.pbin \
     --tokenizer_file data/tokenizer/tokenizer.json data/raw/$name.jsonl
 done
@@ -35,4 +35,4 @@ if [ "$(.venv/bin/python -c 'import jax; print(jax.default_backend())')" = cpu ]
   # malloc cut it to less than half: steps 5-15% faster (BENCHMARKS.md). glibc reads it at process start: set here.
   export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
 fi
-.venv/bin/python -m jaxgpt.train --config=configs/gpt60m.py --workdir="$WORKDIR" "${flags[@]}"
+.venv/bin/jaxgpt train --config=configs/gpt60m.py --workdir="$WORKDIR" "${flags[@]}"

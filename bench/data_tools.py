@@ -30,7 +30,8 @@ JAXGPT = [sys.executable, "-m", "jaxgpt.cli"]
 _WORK_SCRIPT = {
     "jaxgpt": """
 import json, sys, time
-from jaxgpt.data import chunks, shuffle
+from jaxgpt.data.prepare import chunks
+from jaxgpt.data.prepare import shuffle
 fn = {"shuffle_tokenized_data": shuffle.shuffle_pbin, "shuffle_jsonl_data": shuffle.shuffle_jsonl,
       "create_shuffled_dataset_chunk": chunks.create_pbin_chunk,
       "create_shuffled_jsonl_chunk": chunks.create_jsonl_chunk}
@@ -103,8 +104,8 @@ def prepare_corpus(copies: int) -> tuple[pathlib.Path, pathlib.Path]:
     bench_pack = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_pack)
     bench_pack.build_jsonl(src, copies)
-    from jaxgpt.data.index import create_index
-    from jaxgpt.data.pack import pack_jsonl
+    from jaxgpt.data.prepare.index import create_index
+    from jaxgpt.data.prepare.pack import pack_jsonl
 
     create_index(src, WORK / "bench.idx", "override")
     pack_jsonl(
@@ -175,7 +176,7 @@ def bench_command(name: str, args: list, kw: dict, sides: list[str]) -> dict:
 
 def make_big_pbin(path: pathlib.Path, gigabytes: float) -> int:
     """A synthetic .pbin of `gigabytes` GB: random GPT-2 ids, documents of 200..3800 tokens; returns its size."""
-    from jaxgpt.data.pbin import PbinWriter
+    from jaxgpt.data.format.pbin import PbinWriter
 
     rng = np.random.default_rng(0)
     writer = PbinWriter(path, 2)

@@ -8,7 +8,7 @@ after the kill means the process died mid-save. Each restarted run is killed a r
 logged a random 2..6 steps past its resume point (at least 2, so that every restart gets a checkpoint further: the
 first save after a start is slow, and a kill always inside it would never move the run on). Afterwards every
 metrics.jsonl event (train and eval losses) and the final parameters must equal those of an uninterrupted run, bit for
-bit. tests/test_reliability.py runs 3 kills of it in CI.
+bit. tests/test_reliability.py runs 3 kills of it in CI (the drill itself lives in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import pathlib
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import drill  # noqa: E402  (the drill the tests run, with 3 kills)
 
 
 def command(workdir: str, steps: int) -> list[str]:
@@ -46,74 +47,6 @@ def command(workdir: str, steps: int) -> list[str]:
         "--config.checkpoint.every=1",
         "--config.wandb.mode=disabled",
     ]
-
-
-def logged_step(workdir: str) -> int:
-    """The newest step metrics.jsonl holds (a half-written last line is skipped, as the run itself does)."""
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        return 0
-    steps = []
-    for line in lines:
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    return max(steps, default=0)
-
-
-def checkpoints(workdir: str) -> tuple[list[int], list[str]]:
-    """(complete steps, Orbax temporary directories of saves in flight)."""
-    directory = os.path.join(workdir, "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if ".orbax-checkpoint-tmp" in n)
-
-
-def drill(
-    cmd: list[str],
-    workdir: str,
-    kills: int,
-    rng: random.Random,
-    max_delay: float,
-    env: dict,
-    timeout: float = 300,
-    span: tuple[int, int] = (2, 6),
-) -> list[dict]:
-    """Kills the run `kills` times (restarting it each time), then lets it finish; one record per kill."""
-    records = []
-    while len(records) < kills:
-        resumed_at = max(checkpoints(workdir)[0], default=0)
-        target = resumed_at + rng.randint(*span)
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-            deadline = time.monotonic() + timeout
-            while proc.poll() is None and logged_step(workdir) < target and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if proc.poll() is None:
-                time.sleep(rng.uniform(0.0, max_delay))
-            if proc.poll() is not None:  # finished (or failed) before the kill: no kill to count
-                err.seek(0)
-                if proc.returncode:
-                    raise RuntimeError(f"the run failed with {proc.returncode}: {err.read()[-3000:].decode()}")
-                break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        steps, in_flight = checkpoints(workdir)
-        records.append(
-            {
-                "kill": len(records) + 1,
-                "resumed_at": resumed_at,
-                "logged": logged_step(workdir),
-                "newest_checkpoint": max(steps, default=0),
-                "inside_save": bool(in_flight),
-            }
-        )
-    subprocess.run(
-        cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
-    )
-    return records
 
 
 def events(workdir: str) -> list[tuple]:

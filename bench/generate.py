@@ -31,7 +31,7 @@ from ml_collections import config_flags
 
 from jaxgpt import checkpoint, generate, sharding
 from jaxgpt.model import count_params
-from jaxgpt.state import StateLayout, StepConfig
+from jaxgpt.train.state import StateLayout, StepConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"

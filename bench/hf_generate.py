@@ -2,12 +2,12 @@
 
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/hf_generate.py [--config=configs/gpt60m.py] [--workdir=DIR]
 
-The model (a random init of the config, or the checkpoint in --workdir) is exported with jaxgpt/hf.py in float32 to a
-temporary folder and loaded with AutoModelForCausalLM (its native class: StableLM for gpt60m). A 64-token prompt and
-256 new tokens, greedy, at batch 1 and 8; HF runs with min_new_tokens=256 and jaxgpt with no eos, so every row
-decodes all 256. Each is warmed up once (jaxgpt's compile and torch's first call excluded), then timed once.
-Prints one line per (engine, batch) and a last line `hf_batch1=X hf_batch8=Y jaxgpt_batch1=Z jaxgpt_batch8=W`
-(tokens/s, new tokens only).
+The model (a random init of the config, or the checkpoint in --workdir) is exported with jaxgpt/interop/hf.py in float32
+to a temporary folder and loaded with AutoModelForCausalLM (its native class: StableLM for gpt60m). A 64-token prompt
+and 256 new tokens, greedy, at batch 1 and 8; HF runs with min_new_tokens=256 and jaxgpt with no eos, so every row
+decodes all 256. Each is warmed up once (jaxgpt's compile and torch's first call excluded), then timed once. Prints one
+line per (engine, batch) and a last line `hf_batch1=X hf_batch8=Y jaxgpt_batch1=Z jaxgpt_batch8=W` (tokens/s, new tokens
+only).
 """
 
 import pathlib
@@ -20,9 +20,11 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxgpt import checkpoint, hf, sharding, warmstart
+from jaxgpt import checkpoint, sharding
 from jaxgpt.generate import generate_ids
-from jaxgpt.state import StateLayout, StepConfig
+from jaxgpt.interop import hf
+from jaxgpt.interop.params import flat_params
+from jaxgpt.train.state import StateLayout, StepConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _CONFIG = config_flags.DEFINE_config_file("config", str(REPO / "configs" / "gpt60m.py"), "config file")
@@ -80,7 +82,7 @@ def main(argv):
     m = model.cfg
     _, vocab = hf.special_ids(_TOKENIZER.value, "<|endoftext|>")
     with tempfile.TemporaryDirectory() as tmp:
-        params = warmstart.flat_params(nnx.state(model, nnx.Param))
+        params = flat_params(nnx.state(model, nnx.Param))
         hf.write_folder(f"{tmp}/hf", params, m, tokenizer_file=_TOKENIZER.value)
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(f"{tmp}/hf").eval()
     print(

@@ -23,8 +23,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt.data.pipeline import host_train_dataset, train_batches
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.data.loader.pipeline import host_train_dataset, train_batches
+from jaxgpt.data.loader.source import PackedWindowSource
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

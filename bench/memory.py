@@ -87,8 +87,8 @@ def loader(gigabytes: float, batches: int) -> None:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from jaxgpt.data.pipeline import train_batches
-    from jaxgpt.data.source import PackedWindowSource
+    from jaxgpt.data.loader.pipeline import train_batches
+    from jaxgpt.data.loader.source import PackedWindowSource
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "synthetic.pbin")

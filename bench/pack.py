@@ -99,7 +99,7 @@ def main() -> None:
             src,
         ]
     )
-    from jaxgpt.data.pbin import read_pbin
+    from jaxgpt.data.format.pbin import read_pbin
 
     n_tok = read_pbin(WORK / "j.pbin").num_tokens
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest single process so far

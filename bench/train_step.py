@@ -31,8 +31,8 @@ from ml_collections import config_flags
 from jaxgpt.model import count_params, flops_per_token, measure_matmul_peak, peak_flops, total_peak_flops
 from jaxgpt.model.attention import attention_implementation
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
-from jaxgpt.state import StateLayout, StepConfig
-from jaxgpt.train_step import make_train_step
+from jaxgpt.train.state import StateLayout, StepConfig
+from jaxgpt.train.step import make_train_step
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"

@@ -1,16 +1,12 @@
-"""A tiny GPT for tests and CPU smoke runs: real GPT-2 tokens, 2 blocks of width 64, float32 so CPU tests are exact."""
+"""A tiny GPT for tests and CPU smoke runs: real GPT-2 tokens (the default vocab, 50304), 2 blocks of width 64, float32
+so CPU tests are exact. Only what differs from the defaults (jaxgpt/config.py) is set here."""
 
-import pathlib
-import runpy
-
-# By path, not `from configs import base`: config_flags loads this file without the repo on sys.path.
-_base_config = runpy.run_path(str(pathlib.Path(__file__).with_name("base.py")))["get_config"]
+from jaxgpt.config import default_config
 
 
 def get_config():
-    c = _base_config()
+    c = default_config()
 
-    c.model.vocab_size = 50304  # trains on real GPT-2 tokens
     c.model.n_layer = 2
     c.model.n_embd = 64
     c.model.n_head_q = 4  # head dim 64 / 4 = 16

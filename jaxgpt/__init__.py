@@ -1,21 +1,24 @@
 """jaxgpt: GPT pretraining in JAX/Flax NNX over Modalities' packed token files.
 
-The data path, file by file (jaxgpt/data/): index.py (jsonl -> .idx) -> pack.py + tokenize.py (.idx -> .pbin) ->
-pbin.py (the .idx/.pbin format; pickles.py, atomic.py) -> source.py (windows) -> pipeline.py (sharded global batches)
--> model/ (config.py, layers.py, attention.py, gpt.py, loss.py, flops.py) -> state.py (the train state) ->
-train_step.py (pure jitted steps) -> train.py (the loop; recorder.py logs it) -> checkpoint.py (Orbax; `load()`).
-configs/base.py declares every knob once; config.py derives the dataclass defaults and the resumable keys from it.
+The path of the data, by folder:
+    data/       prepare/ (jsonl -> .idx -> .pbin, shuffles, chunks), format/ (.idx/.pbin), loader/ (windows, batches)
+    model/      config, layers, attention, gpt (one forward path, kv cache), loss, flops
+    train/      state, step (pure, jitted), optim, setup, resume, record, recorder, evaluation, signals, loop
+    checkpoint.py (Orbax; `load()`), generate.py (kv-cached sampling), plots.py, interop/ (HF, Modalities, warm starts)
+and around them: config.py (the knobs and their defaults), errors.py (JaxgptError, the root of every user-facing
+error), io.py (atomic outputs), rundir.py (the run directory), sharding.py (one table), distributed.py, cli.py
+(`jaxgpt`).
 
-This package file imports nothing heavy: the data tools import `jaxgpt.data.pbin` and must not pay for jax.
+This package file imports nothing heavy: the data tools import `jaxgpt.data.format.pbin` and must not pay for jax.
 """
 
 __all__ = ["PackedWindowSource"]
 
 
 def __getattr__(name):
-    # Lazy, so that `import jaxgpt.data.pbin` (the CLI tools) never imports grain or jax.
+    # Lazy, so that the data tools never import grain or jax.
     if name == "PackedWindowSource":
-        from jaxgpt.data.source import PackedWindowSource
+        from jaxgpt.data.loader.source import PackedWindowSource
 
         return PackedWindowSource
     raise AttributeError(f"module 'jaxgpt' has no attribute {name!r}")

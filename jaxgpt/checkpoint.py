@@ -19,7 +19,6 @@ What the rename cannot prevent, a file damaged after it (a partial copy, a bad d
 a resume and `load()` then fall back to the newest step that reads whole, with a warning naming the damaged one
 (`restore_newest`); a resume also moves it aside to `<step>.damaged`, so that its step number is free to be saved again.
 A save that fails (a full disk) is one CheckpointError naming the directory, and its partial step is removed.
-`exclusive(workdir)` keeps a second run out of a workdir that a first one is writing.
 """
 
 from __future__ import annotations
@@ -27,16 +26,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import datetime
 import errno
-import fcntl
 import functools
 import glob
 import logging as pylogging
 import os
 import re
 import shutil
-import socket
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,20 +40,16 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jaxgpt import config, sharding
-from jaxgpt.state import StateLayout, StepConfig, TrainState
+from jaxgpt import config, rundir, sharding
+from jaxgpt.distributed import all_processes, is_lead
+from jaxgpt.errors import CheckpointError, ConfigError
+from jaxgpt.train.state import StateLayout, StepConfig, TrainState
 
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it into the step and each item just before the final rename
 ITEMS = ("params", "opt_state", "train", "data", "config")
-LOCK_FILE = "run.lock"  # in the workdir: held (flock) by the run writing there; its text names that run
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, empty, damaged, or does not match the run; or a save failed."""
 
 
 class DamagedCheckpoint(CheckpointError):
@@ -75,10 +67,6 @@ class Checkpointer:
     """Asynchronous saves every `every` steps, keeping the newest `keep`."""
 
     def __init__(self, directory: str | os.PathLike, *, every: int, keep: int):
-        if every < 1:
-            raise ValueError(f"checkpoint.every={every} must be >= 1")
-        if keep < 1:
-            raise ValueError(f"checkpoint.keep={keep} must be >= 1")
         self.directory = os.path.abspath(os.fspath(directory))
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             # Orbax would only fail at the first save, after a step of training.
@@ -86,7 +74,6 @@ class Checkpointer:
         self.every = every
         self._in_flight: int | None = None  # the step of the asynchronous save not yet known to be on disk
         self._failed = False  # a save failed and was reported: later waits and the close stay quiet
-        _quiet_orbax_errors()
         # We decide when to save (every `every` steps, at the end, on a stop signal) and always pass force=True:
         # Orbax's own policy would also save the very first step.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
@@ -167,7 +154,7 @@ class Checkpointer:
                 result, error = read(step), None
             except DamagedCheckpoint as e:
                 result, error = None, e
-            if _all_processes(error is None):
+            if all_processes(error is None):
                 if set_aside:
                     self._set_aside([e.step for e in damaged])
                 return step, result
@@ -196,7 +183,7 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged steps out of Orbax's view, kept for inspection, so their step numbers can be saved again."""
-        if steps and jax.process_index() == 0:
+        if steps and is_lead():
             for step in steps:
                 target = os.path.join(self.directory, f"{step}.damaged")
                 suffix = 1
@@ -262,7 +249,7 @@ class Checkpointer:
     def _remove_partial(self) -> list[int]:
         """Deletes Orbax's temporary step directories (saves that failed midway; process 0 only); returns the steps."""
         partial = glob.glob(os.path.join(glob.escape(self.directory), "*.orbax-checkpoint-tmp*"))
-        if jax.process_index() == 0:
+        if is_lead():
             for path in partial:
                 shutil.rmtree(path, ignore_errors=True)
         names = (os.path.basename(p).split(".", 1)[0] for p in partial)
@@ -273,8 +260,8 @@ def release_freed_memory() -> None:
     """Hands the heap's free pages back to the OS (glibc's malloc_trim), after a save landed.
 
     An asynchronous save copies the state into host buffers and frees them when it is on disk, but glibc keeps the
-    freed pages in its arenas: a tiny run's RSS then grew by ~30 MiB per save (bench/memory.py, a save every 50
-    steps: 711 / 816 / 875 MiB at steps 100 / 300 / 600; 448 / 505 / 494 with this). A no-op without glibc."""
+    freed pages in its arenas: a run's RSS then grew with every save (bench/memory.py; BENCHMARKS.md, "Choices").
+    A no-op without glibc."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -303,13 +290,6 @@ def _reason(e: BaseException) -> str:
     return text if len(text) <= 400 else text[:400] + " ..."
 
 
-def _all_processes(ok: bool) -> bool:
-    """Whether `ok` holds on every process (one process: itself)."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(multihost_utils.process_allgather(np.array(ok)).all())
-
-
 class _DropOrbaxErrors(pylogging.Filter):
     def filter(self, record: pylogging.LogRecord) -> bool:
         return not (record.levelno >= pylogging.ERROR and _ORBAX in record.pathname)
@@ -326,10 +306,11 @@ def _from_orbax(exc_traceback) -> bool:
     return False
 
 
-def _quiet_orbax_errors() -> None:
-    """Orbax logs each failing writer or reader thread's error with its traceback (16 of them for one full disk), and
-    the sibling reads of a failed restore die later as 'Exception ignored' coroutines; we turn what Orbax raises into
-    one CheckpointError, so these copies are dropped (every other log line and unraisable error still shows)."""
+def quiet_orbax_errors() -> None:
+    """Called once by the commands that read or write checkpoints (it sets a process-wide hook, so no library call
+    does). Orbax logs each failing writer or reader thread's error with its traceback (16 of them for one full disk),
+    and the sibling reads of a failed restore die later as 'Exception ignored' coroutines; we turn what Orbax raises
+    into one CheckpointError, so these copies are dropped (every other log line and unraisable error still shows)."""
     logger = pylogging.getLogger("absl")
     if not any(isinstance(f, _DropOrbaxErrors) for f in logger.filters):
         logger.addFilter(_DropOrbaxErrors())
@@ -347,58 +328,6 @@ def _quiet_orbax_errors() -> None:
     sys.unraisablehook = hook
 
 
-def checkpoint_dir(workdir: str | os.PathLike) -> str:
-    return os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")
-
-
-def tokenizer_path(workdir: str | os.PathLike) -> str:
-    """DIR/tokenizer.json: the copy of the tokenizer a run records beside its checkpoints (train.record_tokenizer)."""
-    return os.path.join(os.path.abspath(os.fspath(workdir)), "tokenizer.json")
-
-
-@contextlib.contextmanager
-def exclusive(workdir: str | os.PathLike) -> Iterator[None]:
-    """Holds DIR/run.lock while a run writes the workdir: a second run started there is refused (a CheckpointError
-    naming the first), instead of interleaving its checkpoints and metrics. The lock is the kernel's (flock): it goes
-    with the process, even one killed with -9. Process 0 locks; every process refuses alike."""
-    path = os.path.join(os.path.abspath(os.fspath(workdir)), LOCK_FILE)
-    lock, error = None, None
-    if jax.process_index() == 0:
-        try:
-            lock = _take_lock(path)
-        except CheckpointError as e:
-            error = e
-    if not _all_processes(error is None):
-        raise error or CheckpointError(f"{path}: process 0 could not lock the workdir; see its error")
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.close()  # releases the flock; the file stays, naming the last run
-
-
-def _take_lock(path: str):
-    try:
-        lock = open(path, "a+")
-    except OSError as e:  # a read-only workdir, no permission
-        raise CheckpointError(f"{path}: cannot create the workdir's lock file ({_reason(e)})") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise CheckpointError(
-            f"{os.path.dirname(path)}: another run is writing this workdir ({holder}; it holds"
-            f" {path}); wait for it to end, or use another --workdir"
-        ) from None
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now}\n")
-    lock.flush()
-    return lock
-
-
 def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
     """Returns `(model, config)` from the newest intact (or the given) checkpoint in `workdir`, without the optimizer
     state, and prints which step it loaded.
@@ -408,7 +337,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding
     every knob of this jaxgpt, those the checkpoint predates at their defaults. A damaged newest step is skipped with a
     warning; a damaged `step=` is a CheckpointError.
     """
-    directory = checkpoint_dir(workdir)
+    directory = rundir.checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{workdir}: no checkpoints/ directory; is this a jaxgpt workdir?")
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)  # keep: never delete anything from a reader
@@ -440,5 +369,5 @@ def saved_config(ckpt: Checkpointer, step: int) -> ml_collections.ConfigDict:
     """The run config a checkpoint holds, completed with the defaults of knobs it predates."""
     try:
         return config.complete(ckpt.restore_json(step)[0], f"{ckpt.directory}/{step}")
-    except ValueError as e:  # a newer jaxgpt's knob, or a value that does not fit
+    except ConfigError as e:  # a newer jaxgpt's knob, or a value that does not fit
         raise CheckpointError(str(e)) from None

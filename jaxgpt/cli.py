@@ -1,164 +1,322 @@
-"""The `jaxgpt` console script: `jaxgpt data NAME ...` runs Modalities 0.5.0's data commands under their own names.
+"""The `jaxgpt` command: one entry for training, generation, export, plots and the data tools.
 
-The names, positional arguments and flags are those of `modalities data NAME --help`, so a Modalities preprocessing
-script runs with `modalities` replaced by `jaxgpt`; the outputs are byte-identical for clean input (the modules named
-below say where and why jaxgpt differs). Every command writes atomically and ends bad input with one line,
-`error: <file:line: reason>`, status 1. Nothing here imports jax: each command imports only its own module.
+    jaxgpt train --config=configs/gpt60m.py --workdir=DIR [--config.key=value ...]   (= python -m jaxgpt.train)
+    jaxgpt generate --workdir=DIR --prompt=TEXT [...]                                 (= python -m jaxgpt.generate)
+    jaxgpt export hf|modalities --workdir=DIR --out=OUT [...]                         (= tools/export_*.py)
+    jaxgpt plot DIR [DIR ...] [--out F.png]                                           (= tools/plot_metrics.py)
+    jaxgpt create_memmap_index IN.jsonl / create_packed_data ... IN.jsonl / inspect_pbin F.pbin   (= tools/*.py)
+    jaxgpt data NAME ...   Modalities 0.5.0's data commands under their own names and flags
+
+`jaxgpt data NAME` takes the names, positional arguments and flags of `modalities data NAME --help`, so a Modalities
+preprocessing script runs with `modalities` replaced by `jaxgpt`; so do the getting-started tutorial's two commands
+with `jaxgpt create_memmap_index` and `jaxgpt create_packed_data`. Each command imports only its own module: the data
+commands never import jax.
+
+`clean_errors` is the edge of every command: a jaxgpt error (the user's input) ends in one line, `error: <message>`,
+with status 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 
-from jaxgpt.data.cli import clean_errors
+from jaxgpt.errors import JaxgptError, PackedDataError
 
 POLICIES = ("error", "skip", "override")
-_OUT_OF_SCOPE = (
-    "Modalities' prepare_instruction_tuning_data is out of scope (chat templates and instruction-tuning splits are not"
-    " part of jaxgpt)."
-)
+
+
+# The edge
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # the exit status the default action would give (143)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM's default action ends the process at once, skipping every cleanup: make it raise SystemExit instead, so
+    that atomic outputs are removed and worker pools stopped. The training loop replaces this with a stop at the next
+    step while it runs. Only the main thread can set a signal handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
+@contextlib.contextmanager
+def clean_errors(*also: type[BaseException]) -> Iterator[None]:
+    """A JaxgptError (and the `also` types: OSError for a command that writes outputs) exits with `error: <message>`
+    and status 1; Ctrl-C with status 130; SIGTERM with 143 after the cleanups. Every other exception propagates."""
+    try:
+        with sigterm_exits():
+            yield
+    except (JaxgptError, *also) as e:
+        raise SystemExit(f"error: {_one_line(e)}") from None
+    except KeyboardInterrupt:
+        print("interrupted; no output was left behind", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e).replace("\n", "\\n")
+
+
+# Commands: each adds its flags to a parser and runs on the parsed namespace, importing its module only then
+# ------------------------------------------------------------------------------------------------------------------
 
 
 def _policy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file_existence_policy", choices=POLICIES, default="error", help="when the output exists")
 
 
-def _chunk_flags(p: argparse.ArgumentParser, kind: str) -> None:
-    p.add_argument("--input_file_list_path", required=True, help=f"file naming the {kind} files, one per line")
-    p.add_argument("--input_data_root_path", required=True, help="directory the listed names are relative to")
-    p.add_argument("--output_chunk_file_path", required=True, help=f"the chunk to write ({kind})")
-    p.add_argument("--chunk_id", type=int, required=True, help="which chunk, 0..num_chunks-1")
-    p.add_argument("--num_chunks", type=int, required=True, help="chunks in total (>= 1)")
-    _policy(p)
-    p.add_argument("--global_seed", type=int, default=None, help="seeds the chunks' shuffles (default: drawn, printed)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="jaxgpt", description=__doc__.splitlines()[0])
-    groups = root.add_subparsers(dest="group", required=True, metavar="{data}")
-    data = groups.add_parser(
-        "data", help="Modalities' data commands", description="Modalities 0.5.0's data commands. " + _OUT_OF_SCOPE
-    )
-    cmds = data.add_subparsers(dest="command", required=True, metavar="NAME")
-
-    p = cmds.add_parser("create_raw_index", help="JSONL -> .idx (byte offset, length per line)")
-    p.add_argument("src_path", help="the JSONL file")
-    p.add_argument("--index_path", default=None, help="output .idx (default: next to src_path, same stem)")
+def _create_memmap_index_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src_path", help="the JSONL file to index")
+    p.add_argument("--index_path", default=None, help="output .idx (default: next to the input, same stem)")
     _policy(p)
 
-    p = cmds.add_parser("pack_encoded_data", help="indexed JSONL -> .pbin, from a Modalities packing YAML")
-    p.add_argument("config_path", help="YAML with settings and a pretrained_hf_tokenizer component")
-    _policy(p)
 
-    p = cmds.add_parser("merge_packed_data", help="several .pbin (or folders of them) -> one, correct offsets")
-    p.add_argument("src_paths", nargs="+", help=".pbin files or directories holding them (sorted)")
-    p.add_argument("target_path", help="the merged .pbin")
-    _policy(p)
-
-    p = cmds.add_parser("shuffle_tokenized_data", help="shuffle the documents of a .pbin")
-    p.add_argument("--input_data_path", required=True, help="the .pbin")
-    p.add_argument("--output_data_path", required=True, help="the shuffled .pbin")
-    p.add_argument(
-        "--batch_size",
-        type=int,
-        default=100,
-        help="accepted for Modalities' scripts (>= 1); no effect: jaxgpt copies one document at a time",
-    )
-    _policy(p)
-    p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: drawn and printed)")
-
-    p = cmds.add_parser("shuffle_jsonl_data", help="shuffle the lines of a JSONL file")
-    p.add_argument("--input_data_path", required=True, help="the .jsonl")
-    p.add_argument("--output_data_path", required=True, help="the shuffled .jsonl")
-    _policy(p)
-    p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: drawn and printed)")
-
-    _chunk_flags(cmds.add_parser("create_shuffled_dataset_chunk", help="one shuffled chunk of many .pbin"), ".pbin")
-    _chunk_flags(cmds.add_parser("create_shuffled_jsonl_chunk", help="one shuffled chunk of many JSONL"), ".jsonl")
-    return root
-
-
-def _create_raw_index(a: argparse.Namespace) -> str | None:
-    from jaxgpt.data.index import create_index
+def _create_memmap_index(a: argparse.Namespace) -> str | None:
+    from jaxgpt.data.prepare.index import create_index
 
     return create_index(a.src_path, a.index_path, a.file_existence_policy)
 
 
-def _pack_encoded_data(a: argparse.Namespace) -> str | None:
-    from jaxgpt.data.pack_config import pack_from_config
-
-    report = pack_from_config(a.config_path, a.file_existence_policy)
-    if report is None:
-        return None
-    return f"{report.dst}: {report.num_docs} documents, {report.num_tokens} tokens of {report.width} bytes"
-
-
-def _merge_packed_data(a: argparse.Namespace) -> str | None:
-    from jaxgpt.data.cli import expand_pbin_paths
-    from jaxgpt.data.errors import PackedDataError
-    from jaxgpt.data.index import check_output
-    from jaxgpt.data.pbin import merge_pbin
-
-    srcs = expand_pbin_paths(a.src_paths)
-    if not srcs:
-        raise PackedDataError(f"no .pbin files in {' '.join(a.src_paths)}")
-    if not check_output(a.target_path, a.file_existence_policy, srcs):
-        return None
-    merged = merge_pbin(a.target_path, srcs)
-    return f"{merged.path}: {len(srcs)} files, {merged.num_docs} documents, {merged.num_tokens} tokens"
+def _create_packed_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src_path", help="the JSONL file")
+    p.add_argument("--jq_pattern", required=True, help="jq expression selecting each line's text, e.g. .raw_content")
+    p.add_argument("--tokenizer_file", required=True, help="a HF tokenizer.json")
+    p.add_argument("--index_path", default=None, help="the JSONL's .idx (default: next to it, same stem)")
+    p.add_argument("--dst_path", default=None, help="output .pbin (default: next to the input, same stem)")
+    p.add_argument("--eod_token", default="<|endoftext|>", help="appended to each document unless it ends with it")
+    p.add_argument("--num_processes", type=int, default=None, help="tokenizer processes (default: CPU count)")
+    p.add_argument("--skip_faulty_lines", action="store_true", help="skip lines that cannot be packed, and list them")
+    _policy(p)
+    p.add_argument(
+        "--tokenizer_backend",
+        choices=("auto", "hf", "tiktoken"),
+        default="auto",
+        help="auto: tiktoken for GPT-2's vocabulary (its ids matched HF's on every Unicode code point and 250k random"
+        " token concatenations), HF tokenizers for every other; tiktoken: refuse any other vocabulary; hf: always HF",
+    )
+    p.add_argument("--no_progress", action="store_true", help="no progress bar on stderr")
 
 
-def _shuffle_tokenized_data(a: argparse.Namespace) -> str | None:
-    from jaxgpt.data.errors import PackedDataError
-    from jaxgpt.data.shuffle import shuffle_pbin
+def _create_packed_data(a: argparse.Namespace) -> str | None:
+    from jaxgpt.data.prepare.pack import pack_jsonl
 
-    if a.batch_size < 1:
-        raise PackedDataError(f"--batch_size must be at least 1, got {a.batch_size}")
-    policy = a.file_existence_policy
-    seed = shuffle_pbin(a.input_data_path, a.output_data_path, seed=a.seed, file_existence_policy=policy)
-    return None if seed is None else f"{a.output_data_path} (seed {seed})"
-
-
-def _shuffle_jsonl_data(a: argparse.Namespace) -> str | None:
-    from jaxgpt.data.shuffle import shuffle_jsonl
-
-    policy = a.file_existence_policy
-    seed = shuffle_jsonl(a.input_data_path, a.output_data_path, seed=a.seed, file_existence_policy=policy)
-    return None if seed is None else f"{a.output_data_path} (seed {seed})"
-
-
-def _chunk(a: argparse.Namespace) -> str | None:
-    from jaxgpt.data import chunks
-
-    make = chunks.create_pbin_chunk if a.command == "create_shuffled_dataset_chunk" else chunks.create_jsonl_chunk
-    return make(
-        a.input_file_list_path,
-        a.input_data_root_path,
-        a.output_chunk_file_path,
-        chunk_id=a.chunk_id,
-        num_chunks=a.num_chunks,
+    r = pack_jsonl(
+        a.src_path,
+        a.dst_path,
+        tokenizer_file=a.tokenizer_file,
+        jq_pattern=a.jq_pattern,
+        eod_token=a.eod_token,
+        index_path=a.index_path,
+        num_processes=a.num_processes,
+        skip_faulty_lines=a.skip_faulty_lines,
         file_existence_policy=a.file_existence_policy,
-        global_seed=a.global_seed,
+        tokenizer_backend=a.tokenizer_backend,
+        progress=not a.no_progress,
+    )
+    if r is None:
+        return None
+    blocker = f": {r.blocker}" if r.blocker else ""
+    return (
+        f"{r.dst}: {r.num_docs} documents, {r.num_tokens} tokens of {r.width} bytes ({r.backend} tokenizer{blocker},"
+        f" {r.num_tokens / r.seconds / 1e6:.2f}M tokens/s, {len(r.skipped)} lines skipped)"
     )
 
 
-COMMANDS = {
-    "create_raw_index": _create_raw_index,
-    "pack_encoded_data": _pack_encoded_data,
-    "merge_packed_data": _merge_packed_data,
-    "shuffle_tokenized_data": _shuffle_tokenized_data,
-    "shuffle_jsonl_data": _shuffle_jsonl_data,
-    "create_shuffled_dataset_chunk": _chunk,
-    "create_shuffled_jsonl_chunk": _chunk,
+def _inspect_pbin_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="the .pbin file")
+    p.add_argument("--tokenizer_file", default=None, help="decode the document with this tokenizer.json")
+    p.add_argument("--doc", type=int, default=0, help="which document to show (0-based; negative counts from the end)")
+
+
+def _inspect_pbin(a: argparse.Namespace) -> None:
+    """Prints the facts; exits with status 1 when the file is invalid, or when the document holds ids that the
+    tokenizer does not have (the wrong tokenizer)."""
+    from jaxgpt.data.format.pbin import inspect
+
+    facts, pf = inspect(a.path)
+    for key, value in facts.items():
+        print(f"{key:>12}: {value}")
+    if pf is None:
+        raise SystemExit(1)
+    if pf.num_docs == 0:
+        return
+    doc = a.doc + pf.num_docs if a.doc < 0 else a.doc
+    tokens = pf.document(doc)
+    print(f"\n--- document {doc}: {len(tokens)} tokens, first ids {tokens[:12].tolist()}")
+    if a.tokenizer_file:
+        from jaxgpt.data.tokenize import load_tokenizer
+
+        tokenizer = load_tokenizer(a.tokenizer_file)
+        # An id beyond the vocabulary means the wrong tokenizer: tiktoken raises on it and HF decodes it to "".
+        unknown = tokenizer.unknown_ids(tokens)
+        if len(unknown):
+            raise PackedDataError(
+                f"{a.path}: document {doc} holds token id {unknown[0]}, which {a.tokenizer_file} does not have (its"
+                f" ids end at {tokenizer.max_id}); is it the tokenizer this file was packed with?"
+            )
+        sys.stdout.write(tokenizer.decode(tokens) + "\n")
+
+
+def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a jaxgpt run directory (holding checkpoints/)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest)")
+
+
+def _export_hf_flags(p: argparse.ArgumentParser) -> None:
+    _checkpoint_flags(p)
+    p.add_argument("--out", required=True, help="the folder to write; must not exist, or be empty")
+    p.add_argument("--dtype", default="float32", help="float32 (exact logits) or bfloat16 (half the bytes)")
+    p.add_argument("--tokenizer_file", default=None, help="default: DIR/tokenizer.json, else the run's tokenizer")
+    p.add_argument("--eod_token", default="<|endoftext|>", help="bos, eos and pad of the exported tokenizer")
+
+
+def _export_hf(a: argparse.Namespace) -> str:
+    from jaxgpt import checkpoint
+    from jaxgpt.interop import export
+
+    checkpoint.quiet_orbax_errors()
+    export.to_hf(a.workdir, a.out, step=a.step, dtype=a.dtype, tokenizer_file=a.tokenizer_file, eod_token=a.eod_token)
+    return a.out
+
+
+def _export_modalities_flags(p: argparse.ArgumentParser) -> None:
+    _checkpoint_flags(p)
+    p.add_argument("--out", required=True, help="the folder to write; must not exist, or be empty")
+    p.add_argument("--tokenizer_file", default=None, help="default: DIR/tokenizer.json, else the run's tokenizer")
+    p.add_argument("--eod_token", default="<|endoftext|>", help="the token at which generate_text stops")
+    p.add_argument("--prompt", default="Once upon a time", help="generate_text's prompt_template ({name} asks)")
+
+
+def _export_modalities(a: argparse.Namespace) -> str:
+    from jaxgpt import checkpoint
+    from jaxgpt.interop import export
+
+    checkpoint.quiet_orbax_errors()
+    export.to_modalities(
+        a.workdir, a.out, step=a.step, tokenizer_file=a.tokenizer_file, eod_token=a.eod_token, prompt=a.prompt
+    )
+    return a.out
+
+
+def _generate_flags(p: argparse.ArgumentParser) -> None:
+    _checkpoint_flags(p)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
+    p.add_argument("--prompts_file", default=None, help="a text file of prompts, one per line")
+    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top_k", type=int, default=0, help="0 is off")
+    p.add_argument("--top_p", type=float, default=1.0, help="1.0 is off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--batch_size", type=int, default=8, help="rows decoded together")
+    p.add_argument("--tokenizer_file", default=None, help="default: WORKDIR/tokenizer.json, which training records")
+    p.add_argument("--output_jsonl", default=None, help="also write one JSON object per completion here")
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor over the local devices (-1: those left over)")
+
+
+def _generate(a: argparse.Namespace) -> None:
+    from jaxgpt import generate
+
+    generate.run_command(a)
+
+
+def _plot_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a run's workdir (several: overlaid, one colour each)")
+    p.add_argument("--out", default=None, help="the image (.png, .pdf, .svg, ...); default: the first DIR/metrics.png")
+
+
+def _plot(a: argparse.Namespace) -> str:
+    from jaxgpt.plots import plot_runs
+
+    return plot_runs(a.dirs, a.out)
+
+
+# name -> (help, flags, run, also): `run` returns what it wrote (printed as "wrote ...") or None
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], str | None], tuple]
+COMMANDS: dict[str, Command] = {
+    "generate": ("sample text from a run's checkpoint (kv cache)", _generate_flags, _generate, (OSError,)),
+    "plot": ("draw metrics.jsonl: loss, lr, grad norm, tokens/s", _plot_flags, _plot, ()),
+    "create_memmap_index": ("JSONL -> .idx", _create_memmap_index_flags, _create_memmap_index, ()),
+    "create_packed_data": ("indexed JSONL -> .pbin", _create_packed_data_flags, _create_packed_data, ()),
+    "inspect_pbin": ("a .pbin's header, documents, verdict", _inspect_pbin_flags, _inspect_pbin, ()),
+}
+EXPORTS: dict[str, Command] = {
+    "hf": ("a native Hugging Face model folder", _export_hf_flags, _export_hf, (OSError,)),
+    "modalities": (
+        "Modalities' GPT2LLM state dict and configs",
+        _export_modalities_flags,
+        _export_modalities,
+        (OSError,),
+    ),
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    with clean_errors():
-        wrote = COMMANDS[args.command](args)
+def _add(subparsers, name: str, command: Command, prog: str | None = None) -> None:
+    help_, flags, run, also = command
+    p = subparsers.add_parser(name, help=help_, description=help_, prog=prog)
+    flags(p)
+    p.set_defaults(run=run, also=also)
+
+
+def parser(prog: str = "jaxgpt") -> argparse.ArgumentParser:
+    from jaxgpt.data.commands import add_data_commands
+
+    root = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("train", help="train or resume a run (python -m jaxgpt.train; --help lists its flags)")
+    for name, command in COMMANDS.items():
+        _add(commands, name, command)
+    exports = commands.add_parser("export", help="a run's checkpoint as a Hugging Face or Modalities model")
+    targets = exports.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for name, command in EXPORTS.items():
+        _add(targets, name, command)
+    add_data_commands(commands)
+    return root
+
+
+def run(argv: list[str], prog: str = "jaxgpt") -> None:
+    """Parses argv (`COMMAND [ARGS]`) and runs that command at the edge of clean_errors."""
+    if argv[:1] == ["train"]:  # absl parses the training flags (config files and --config.key=value overrides)
+        from jaxgpt.train.loop import entry
+
+        entry([f"{prog} train", *argv[1:]])
+        return
+    _execute(parser(prog).parse_args(argv))
+
+
+def _execute(args: argparse.Namespace) -> None:
+    with clean_errors(*args.also):
+        wrote = args.run(args)
     if wrote is not None:
         print(f"wrote {wrote}")
+
+
+def run_as(name: str, prog: str) -> None:
+    """A thin entry (tools/*.py, python -m jaxgpt.generate): `name`'s flags under its own program name."""
+    commands = argparse.ArgumentParser(prog=prog).add_subparsers()
+    command = {**COMMANDS, **{f"export {k}": v for k, v in EXPORTS.items()}}[name]
+    _add(commands, name, command, prog=prog)
+    _execute(commands.choices[name].parse_args(sys.argv[1:]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -1,116 +1,199 @@
-"""configs/base.py is the one declaration of every knob; this module derives the rest from it.
+"""A training run's configuration: its sections as frozen dataclasses, the ConfigDict built from their defaults, the
+command line's overrides, and saved configs completed for this jaxgpt.
 
-- The frozen dataclasses (ModelConfig, OptimConfig, StepConfig) take their field defaults from base.py
-  (`knob_defaults`), so a knob added later, with a default that keeps the old behaviour, never breaks a config or a
-  checkpoint that predates it.
-- `complete` reads a checkpoint's saved config as base.py's knobs overlaid with what was saved: a missing key means
-  the checkpoint predates that knob and holds its default; a key base.py does not know is a newer jaxgpt's, refused.
-- `RESUMABLE` (declared in base.py next to the knobs) is the set of keys a resume may change.
+    --config=configs/gpt60m.py --config.train.num_steps=100 --config.mesh.fsdp=8
+
+The sections and their knobs, each with its default and a comment where it is declared: ModelConfig
+(jaxgpt/model/config.py), OptimConfig (jaxgpt/train/optim.py), and the run's own sections below (data, train, mesh,
+checkpoint, wandb). `default_config()` is every knob at its default; a config file changes what differs. The model, the
+step and the loop never see the ConfigDict: `RunConfig.from_config` turns it into the dataclasses at the edge.
+
+A knob added later must default to the old behaviour: a checkpoint written before it then loads and resumes as if it
+held the default (`complete`). A knob marked `resumable` may change on resume; every other must match the checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 import pathlib
+import typing
 
 import ml_collections
 
-_HERE = pathlib.Path(__file__).resolve().parent
-# configs/base.py of the checkout jaxgpt runs from; an installed wheel carries the same file as jaxgpt/configs/base.py.
-BASE = next((p for p in (_HERE.parent / "configs" / "base.py", _HERE / "configs" / "base.py") if p.is_file()), None)
+from jaxgpt.errors import ConfigError, check_int
+from jaxgpt.knobs import Section, knob
+from jaxgpt.model.config import ModelConfig
+from jaxgpt.train.optim import OptimConfig
+
+WANDB_MODES = ("offline", "online", "disabled")
 
 
-@functools.cache
-def _base_module():
-    if BASE is None:
-        raise FileNotFoundError(
-            f"neither {_HERE.parent}/configs/base.py nor {_HERE}/configs/base.py exists: jaxgpt reads"
-            " its knobs and their defaults there"
-        )
-    return load_module(BASE)
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+    SECTION = "data"
+
+    # One .pbin, or several joined by ","; may move on resume (the stream record compares each file's name and size)
+    train_path: str = knob("data/packed/redpajama_v2_samples_512_train.pbin", resumable=True)
+    val_path: str = knob("data/packed/redpajama_v2_samples_512_test.pbin", resumable=True)  # "" disables evaluation
+    # What the .pbin files were packed with; copied to DIR/tokenizer.json at start (a resume compares its bytes)
+    tokenizer_file: str = knob("data/tokenizer/tokenizer.json", resumable=True)
+    seq_len: int = 512  # tokens per training sequence S (windows hold S + 1 tokens)
+    seed: int = 0  # shuffle seed; the batch order is a pure function of (seed, global batch, window count, step)
+    prefetch: int = knob(2, resumable=True)  # global batches prepared ahead of the device
+
+    def __post_init__(self):
+        check_int("data.prefetch", self.prefetch, minimum=0)
+        check_int("data.seed", self.seed, minimum=0)
 
 
-def load_module(path: str | os.PathLike):
-    """Imports a config file by path, as `--config=path` does."""
-    spec = importlib.util.spec_from_file_location(f"_jaxgpt_config_{pathlib.Path(path).stem}", os.fspath(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+    SECTION = "train"
+
+    num_steps: int | None = None  # optimizer steps; None: one epoch of the training split
+    # Sequences per data-parallel replica per micro batch: it follows the mesh, the global batch is compared on resume
+    micro_batch_size: int = knob(8, resumable=True)
+    grad_accum: int = 1  # micro batches accumulated per optimizer step (lax.scan inside the step)
+    log_every: int = knob(10, resumable=True)  # steps between train metric lines
+    eval_every: int = knob(100, resumable=True)  # steps between evaluations (also one at the end)
+    eval_batch_size: int = knob(0, resumable=True)  # sequences per eval batch (all hosts); 0: micro batch x replicas
+    eval_steps: int = knob(0, resumable=True)  # batches per evaluation; 0: a full pass over the validation split
+    seed: int = knob(0, resumable=True)  # model init and dropout seed (a resume takes both from the checkpoint)
+    init_from: str = ""  # warm start at step 0: a jaxgpt workdir (PATH or PATH@STEP) or an HF folder; "" = off
+    compute_dtype: str = "auto"  # matmuls: "auto" (bf16 on GPU/TPU, float32 on CPU) | "bfloat16" | "float32"
+    # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block; the same function, less memory
+    remat: str = knob("none", resumable=True)
+    z_loss: float = 0.0  # weight of the z-loss log(Z)^2 on the logits (0 disables)
+    # Pieces of the sequence the fused vocab projection + cross-entropy walks (must divide seq_len)
+    loss_chunks: int = knob(4, resumable=True)
+    # "auto" (cuDNN flash on GPU with bf16 compute, else XLA) | "xla" | "cudnn"
+    attention: str = knob("auto", resumable=True)
+    # FLOP/s of one device for MFU (CPU: of the host); None: the device table (CPU: a matmul timed at start-up)
+    peak_flops: float | None = knob(None, resumable=True)
+
+    def __post_init__(self):
+        if self.num_steps is not None:
+            check_int("train.num_steps", self.num_steps)
+        for name in ("micro_batch_size", "log_every", "eval_every"):
+            check_int(f"train.{name}", getattr(self, name))
+        check_int("train.eval_batch_size", self.eval_batch_size, minimum=0, hint=" (0: micro_batch_size * replicas)")
+        check_int("train.eval_steps", self.eval_steps, minimum=0, hint=" (0: a full pass)")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            raise ConfigError(f"train.peak_flops={self.peak_flops!r} must be > 0 (or None: the device table)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(Section):
+    """The device mesh (sharding.make_mesh checks the sizes): a checkpoint reshards onto another one."""
+
+    SECTION = "mesh"
+
+    data: int = knob(1, resumable=True)  # pure data parallel replicas; -1: all devices left over
+    fsdp: int = knob(-1, resumable=True)  # shards params and optimizer state, and also splits the batch; -1: the rest
+    tensor: int = knob(1, resumable=True)  # splits heads, MLP hidden and vocab
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig(Section):
+    SECTION = "checkpoint"
+
+    every: int = knob(500, resumable=True)  # steps between asynchronous saves (also one at the end)
+    keep: int = knob(3, resumable=True)  # most recent checkpoints kept
+
+    def __post_init__(self):
+        check_int("checkpoint.every", self.every)
+        check_int("checkpoint.keep", self.keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig(Section):
+    SECTION = "wandb"
+
+    mode: str = knob("offline", resumable=True)  # "offline" (files under the workdir) | "online" | "disabled"
+    project: str = knob("jaxgpt", resumable=True)  # W&B project
+    name: str = knob("", resumable=True)  # run name; "" lets W&B choose
+
+    def __post_init__(self):
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"wandb.mode={self.mode!r} must be 'offline', 'online' or 'disabled'")
+
+
+SECTIONS: tuple[type[Section], ...] = (
+    ModelConfig,
+    DataConfig,
+    TrainConfig,
+    OptimConfig,
+    MeshConfig,
+    CheckpointConfig,
+    WandbConfig,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every section of a run's config, checked."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    optim: OptimConfig
+    mesh: MeshConfig
+    checkpoint: CheckpointConfig
+    wandb: WandbConfig
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> RunConfig:
+        return cls(**{section.SECTION: section.from_config(cfg) for section in SECTIONS})
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A fresh ConfigDict of every knob at its default, section by section; what a config file starts from."""
+    cfg = ml_collections.ConfigDict()
+    for section in SECTIONS:
+        hints = typing.get_type_hints(section)
+        node = ml_collections.ConfigDict()
+        for f in section.own_fields():
+            if f.default is None:  # a typed reference, so that --config.train.num_steps=100 parses as an int
+                kind = next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
+                node[f.name] = ml_collections.FieldReference(None, field_type=kind)
+            else:
+                node[f.name] = f.default
+        cfg[section.SECTION] = node
+    return cfg
+
+
+def resumable() -> frozenset[str]:
+    """The config keys a resume may change."""
+    return frozenset(s.knob_key(f) for s in SECTIONS for f in s.own_fields() if f.metadata.get("resumable"))
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """Calls `get_config()` of a config file, as `--config=path` does (for tests and notebooks)."""
-    return load_module(path).get_config()
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """A fresh copy of configs/base.py's config: every knob at its default."""
-    return _base_module().get_config()
-
-
-def resumable() -> frozenset[str]:
-    """The keys a resume may change (configs/base.py's RESUMABLE)."""
-    keys = frozenset(_base_module().RESUMABLE)
-    unknown = sorted(keys - set(flatten(base_config().to_dict())))
-    if unknown:
-        raise ValueError(f"{BASE}: RESUMABLE names {unknown}, which are not knobs of get_config()")
-    return keys
-
-
-def knob_defaults(section: str, *, skip: tuple[str, ...] = (), **elsewhere: str):
-    """Class decorator (under @dataclass): every annotated field but those in `skip` gets its knob's default from
-    base.py, the knob `section.<field>`, or for a field named in `elsewhere` the knob given there
-    (`seq_len="data.seq_len"`)."""
-
-    def decorate(cls):
-        defaults = flatten(base_config().to_dict())
-        for name in cls.__annotations__:
-            if name in skip:
-                continue
-            key = elsewhere.get(name, f"{section}.{name}")
-            if key not in defaults:
-                raise KeyError(f"{cls.__name__}.{name}: configs/base.py has no knob {key!r} to take its default from")
-            setattr(cls, name, defaults[key])
-        return cls
-
-    return decorate
-
-
-def from_section(cls, cfg: ml_collections.ConfigDict, section: str, **extra):
-    """cls(**cfg[section], **extra): a key that cls has no field for is an error naming it; a missing key takes its
-    default."""
-    fields = {f.name for f in dataclasses.fields(cls)} - set(extra)
-    given = dict(cfg[section])
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise ValueError(f"unknown {section} option(s) {[f'{section}.{k}' for k in unknown]}; known: {sorted(fields)}")
-    return cls(**given, **extra)
+    spec = importlib.util.spec_from_file_location(f"_jaxgpt_config_{pathlib.Path(path).stem}", os.fspath(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def complete(saved: dict, where: str) -> ml_collections.ConfigDict:
-    """A saved config (a checkpoint's) with every knob it predates at base.py's default; refuses knobs of a newer
-    jaxgpt, naming them and `where` the config came from."""
-    cfg = base_config()
+    """A saved config (a checkpoint's) with every knob it predates at its default; refuses knobs of a newer jaxgpt,
+    naming them and `where` the config came from."""
+    cfg = default_config()
     known = flatten(cfg.to_dict())
     unknown = sorted(set(flatten(saved)) - set(known))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: holds config key(s) {unknown} that this jaxgpt does not know: knobs of a newer jaxgpt (upgrade"
             " to read it) or misspelt keys"
         )
-    with cfg.unlocked():
-        for key, value in flatten(saved).items():
-            section, name = key.rsplit(".", 1)
-            node = cfg
-            for part in section.split("."):
-                node = node[part]
-            try:
-                node[name] = value
-            except TypeError as e:  # ConfigDict refuses a value of another type than the knob's
-                raise ValueError(f"{where}: config key {key}={value!r} does not fit this jaxgpt's knob ({e})") from None
+    for key, value in flatten(saved).items():
+        section, name = key.split(".")
+        try:
+            cfg[section][name] = value
+        except TypeError as e:  # ConfigDict refuses a value of another type than the knob's
+            raise ConfigError(f"{where}: config key {key}={value!r} does not fit this jaxgpt's knob ({e})") from None
     return cfg
 
 
@@ -123,3 +206,33 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Turns `--config.no.such.key=...` into one clear error naming the key (absl would print a traceback)."""
+    path = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such config file: {path}")
+    cfg = load_config_file(path)
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config.") :].split("=", 1)[0]
+        node, walked = cfg, []
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(none)"
+                where = ".".join(walked) or "the config"
+                shown = arg.replace("\n", "\\n")  # one line, whatever the value holds
+                raise ConfigError(
+                    f"{shown}: unknown config key {key!r}: {where} has no {part!r}; its keys are: {known}"
+                )
+            node = node[part]
+            walked.append(part)

@@ -18,6 +18,10 @@ import re
 from collections.abc import Mapping
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxgpt.errors import ConfigError
 
 _described: str | None = None  # how this process joined, once initialize() ran; the banner prints it
 
@@ -62,7 +66,7 @@ def detect(
 def _slurm(env: Mapping[str, str], tasks: int) -> Launch:
     for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID"):
         if name not in env:
-            raise ValueError(f"SLURM: a step of {tasks} tasks without ${name}; cannot find the coordinator")
+            raise ConfigError(f"SLURM: a step of {tasks} tasks without ${name}; cannot find the coordinator")
     port = env.get("JAX_COORDINATOR_PORT") or str(61440 + _int(env, "SLURM_JOB_ID") % 4096)  # JAX's own choice
     nodes = _int(env, "SLURM_STEP_NUM_NODES") or _int(env, "SLURM_NNODES") or 1
     local = (_int(env, "SLURM_LOCALID"),) if tasks > nodes and "SLURM_LOCALID" in env else None
@@ -81,9 +85,9 @@ def _complete(coordinator, num_processes, process_id, source: str) -> Launch:
         if v is None or v == ""
     ]
     if missing:
-        raise ValueError(f"jax.distributed from {source}: the {' and '.join(missing)} is missing; give all three")
+        raise ConfigError(f"jax.distributed from {source}: the {' and '.join(missing)} is missing; give all three")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"jax.distributed from {source}: process id {process_id} is not in [0, {num_processes})")
+        raise ConfigError(f"jax.distributed from {source}: process id {process_id} is not in [0, {num_processes})")
     return Launch(coordinator, num_processes, process_id, None, source)
 
 
@@ -92,15 +96,15 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return None
     try:
         return int(env[name])
-    except ValueError:
-        raise ValueError(f"${name}={env[name]!r} is not an integer") from None
+    except ValueError:  # int() of the variable's text
+        raise ConfigError(f"${name}={env[name]!r} is not an integer") from None
 
 
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list: 'node[001-004,7],gpu2' -> 'node001'; 'a,b' -> 'a'."""
     match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
     if not match:
-        raise ValueError(f"SLURM_STEP_NODELIST={nodelist!r}: no host name in it")
+        raise ConfigError(f"SLURM_STEP_NODELIST={nodelist!r}: no host name in it")
     prefix, ranges = match.groups()
     return prefix + re.split(r"[-,]", ranges)[0] if ranges else prefix
 
@@ -126,3 +130,29 @@ def initialize(launch: Launch | None) -> None:
 def describe() -> str:
     """How this process joined a multi-process job, or that it runs alone."""
     return _described or "single process (no jax.distributed)"
+
+
+def is_lead() -> bool:
+    """Whether this process writes the run's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def all_processes(ok: bool) -> bool:
+    """Whether `ok` holds on every process (one process: itself)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.process_allgather(np.array(ok)).all())
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on some process (one process: itself)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
+def lead_says(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (for what only process 0 knows, such as its files)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))

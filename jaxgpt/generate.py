@@ -20,22 +20,18 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxgpt import checkpoint, sharding
-from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.cli import clean_errors
+from jaxgpt import checkpoint, rundir, sharding
 from jaxgpt.data.tokenize import Tokenizer, load_tokenizer
+from jaxgpt.errors import ConfigError, check_int
+from jaxgpt.io import atomic_output
 from jaxgpt.model import GPT
-from jaxgpt.model.attention import CACHE_AXES
 from jaxgpt.model.layers import Linear
-from jaxgpt.sharding import constrain
 
 PROMPT_BUCKET = 64  # prompt slots are a multiple of this: one compile serves every prompt length up to it
 EOD_TOKEN = "<|endoftext|>"
@@ -53,11 +49,10 @@ class Sampling:
 
     def __post_init__(self):
         if not self.temperature >= 0.0:  # also NaN
-            raise ValueError(f"--temperature={self.temperature} must be >= 0 (0 is greedy)")
+            raise ConfigError(f"--temperature={self.temperature} must be >= 0 (0 is greedy)")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"--top_p={self.top_p} must be in (0, 1] (1.0 is off)")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"--top_k={self.top_k} must be an int >= 0 (0 is off)")
+            raise ConfigError(f"--top_p={self.top_p} must be in (0, 1] (1.0 is off)")
+        check_int("--top_k", self.top_k, minimum=0, hint=" (0 is off)")
 
 
 def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling, vocab_limit: int) -> jax.Array:
@@ -98,17 +93,14 @@ def _decode(graphdef, params, tokens_BxP, first_B, keys_B, num_real, *, mesh, sa
         def ended(ids_B):
             return jnp.zeros_like(ids_B, dtype=bool) if eos_id is None else ids_B == eos_id
 
-        positions_BxP = jnp.maximum(jnp.arange(P)[None, :] - first_B[:, None], 0)
         capacities = cache_capacities(P, max_new)
-        cache = model.init_cache(B, capacities[0])
-        h_BxPxD, cache = model.cached_hidden(tokens_BxP, positions_BxP, cache, 0, first_B)
+        h_BxPxD, cache = model.hidden(tokens_BxP, cache=model.init_cache(first_B, capacities[0]))
         ids_B = next_ids(h_BxPxD[:, -1], 0)
         out_BxM = jnp.full((B, max_new), -1, jnp.int32).at[:, 0].set(ids_B)
 
         def body(carry):
             i, ids_B, cache, out_BxM, done_B = carry
-            slot = P + i - 1  # where the token drawn at step i - 1 goes
-            h_Bx1xD, cache = model.cached_hidden(ids_B[:, None], (slot - first_B)[:, None], cache, slot, first_B)
+            h_Bx1xD, cache = model.hidden(ids_B[:, None], cache=cache)  # the token drawn at step i - 1
             ids_B = jnp.where(done_B, -1, next_ids(h_Bx1xD[:, 0], i))
             out_BxM = jax.lax.dynamic_update_slice_in_dim(out_BxM, ids_B[:, None], i, axis=1)
             return i + 1, ids_B, cache, out_BxM, done_B | ended(ids_B)
@@ -120,19 +112,18 @@ def _decode(graphdef, params, tokens_BxP, first_B, keys_B, num_real, *, mesh, sa
         carry = (jnp.int32(1), ids_B, cache, out_BxM, ended(ids_B) | (jnp.arange(B) >= num_real))
         for capacity in capacities:
             i, ids_B, cache, out_BxM, done_B = carry
-            grow = ((0, 0), (0, 0), (0, capacity - cache[0][0].shape[2]), (0, 0))
-            cache = [tuple(constrain(jnp.pad(c, grow), *CACHE_AXES) for c in kv) for kv in cache]
             # the step drawing token i writes slot P + i - 1: this loop's steps fill the slots up to capacity - 1
             last = min(max_new, capacity - P + 1)
-            carry = jax.lax.while_loop(functools.partial(cond, last=last), body, (i, ids_B, cache, out_BxM, done_B))
+            carry = (i, ids_B, cache.grow(capacity), out_BxM, done_B)
+            carry = jax.lax.while_loop(functools.partial(cond, last=last), body, carry)
         steps, _, _, out_BxM, _ = carry
         return out_BxM, steps
 
 
 def cache_capacities(P: int, max_new: int) -> list[int]:
     """Cache slots of each decode loop: CACHE_STEP more per loop, up to the P + M - 1 that the last token needs.
-    Attention reads every slot of the cache each step, filled or not: on CPU that is a third of a batch-8 step at
-    M = 256 when the cache has all P + M - 1 slots from the start."""
+    Attention reads every slot of the cache each step, filled or not: a cache with all P + M - 1 slots from the start
+    made attention a large part of each CPU decode step (BENCHMARKS.md, "Choices")."""
     full = P + max_new - 1
     return [*range(P + CACHE_STEP, full, CACHE_STEP), full]
 
@@ -147,15 +138,14 @@ def model_mesh(model: GPT) -> jax.sharding.Mesh:
 
 
 def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, seq_len: int) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"--max_new_tokens={max_new_tokens} must be an int >= 1")
+    check_int("--max_new_tokens", max_new_tokens)
     if max_new_tokens >= seq_len:
-        raise ValueError(f"--max_new_tokens={max_new_tokens} leaves no room for a prompt: data.seq_len={seq_len}")
+        raise ConfigError(f"--max_new_tokens={max_new_tokens} leaves no room for a prompt: data.seq_len={seq_len}")
     for i, ids in enumerate(prompt_ids):
         if len(ids) == 0:
-            raise ValueError(f"prompt {i} is empty")
+            raise ConfigError(f"prompt {i} is empty")
         if len(ids) > seq_len - max_new_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt {i} has {len(ids)} tokens; with --max_new_tokens={max_new_tokens} at most "
                 f"data.seq_len - max_new_tokens = {seq_len - max_new_tokens} fit"
             )
@@ -183,10 +173,9 @@ def generate_ids(
     cfg = model.cfg
     vocab_size = cfg.vocab_size if vocab_size is None else vocab_size
     if vocab_size > cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {vocab_size} ids, more than model.vocab_size={cfg.vocab_size}")
+        raise ConfigError(f"the tokenizer has {vocab_size} ids, more than model.vocab_size={cfg.vocab_size}")
     check_prompts(prompt_ids, max_new_tokens, cfg.seq_len)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch_size={batch_size} must be an int >= 1")
+    check_int("--batch_size", batch_size)
     sampling = Sampling(float(temperature), top_k, float(top_p))
     sample_ids = list(range(len(prompt_ids))) if sample_ids is None else sample_ids
     mesh = model_mesh(model)
@@ -209,9 +198,8 @@ def decode_layout(model: GPT, rows_per_device: int) -> GPT:
     stored [out, in] (`Linear.transposed`); otherwise `model`.
 
     XLA's CPU matmul of a few rows (one token per row while decoding) by a kernel read along its input dim was faster
-    from 4 rows on: gpt60m decoded 1.05x (4 rows) and 1.06x (8) faster, and 0.9x, 0.95x at 2 and 1 rows (one
-    process, both ways, 256 new tokens). The copy holds its own transposed kernels (the Linear parameters once more,
-    136 MB at gpt60m) and leaves `model` as it is."""
+    from 4 rows on, and slower below (BENCHMARKS.md, "Choices"). The copy holds its own transposed kernels (the Linear
+    parameters once more) and leaves `model` as it is."""
     cpu = model_mesh(model).devices.flat[0].platform == "cpu"
     if not cpu or rows_per_device < TRANSPOSED_FROM_ROWS:
         return model
@@ -318,11 +306,10 @@ def generate(
 ) -> list[Completion]:
     """Completions of each prompt, num_samples each (prompt-major: row i * num_samples + s draws with sample id of
     that row index), stopping at <|endoftext|>."""
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"--num_samples={num_samples} must be an int >= 1")
+    check_int("--num_samples", num_samples)
     for i, p in enumerate(prompts):
         if not p:
-            raise ValueError(f"prompt {i} is empty")
+            raise ConfigError(f"prompt {i} is empty")
     eos_id = tokenizer.token_id(EOD_TOKEN)
     encoded = [[int(t) for t in ids] for ids in tokenizer.encode_batch(list(prompts))]
     rows = [(p, s, ids) for p, ids in zip(prompts, encoded) for s in range(num_samples)]
@@ -342,25 +329,6 @@ def generate(
     return [Completion(p, s, tokenizer.decode(t), ids) for (p, s, _), t, ids in zip(rows, text_ids, new_ids)]
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxgpt.generate", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="a training run's directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
-    p.add_argument("--prompts_file", default=None, help="a text file of prompts, one per line")
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    p.add_argument("--top_k", type=int, default=0, help="0 is off")
-    p.add_argument("--top_p", type=float, default=1.0, help="1.0 is off")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
-    p.add_argument("--batch_size", type=int, default=8, help="rows decoded together")
-    p.add_argument("--tokenizer_file", default=None, help="default: WORKDIR/tokenizer.json, which training records")
-    p.add_argument("--output_jsonl", default=None, help="also write one JSON object per completion here")
-    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor over the local devices (-1: those left over)")
-    return p.parse_args(argv)
-
-
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -368,33 +336,24 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             with open(args.prompts_file, encoding="utf-8") as f:
                 prompts += f.read().splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"--prompts_file={args.prompts_file}: cannot be read ({e})") from None
+            raise ConfigError(f"--prompts_file={args.prompts_file}: cannot be read ({e})") from None
     if not prompts:
-        raise ValueError("no prompt: pass --prompt=TEXT (repeatable) or --prompts_file=F")
+        raise ConfigError("no prompt: pass --prompt=TEXT (repeatable) or --prompts_file=F")
     return prompts
 
 
-def resolve_tokenizer(workdir: str, tokenizer_file: str | None) -> Tokenizer:
-    path = tokenizer_file or checkpoint.tokenizer_path(workdir)
-    if tokenizer_file is None and not os.path.isfile(path):
-        raise ValueError(
-            f"{workdir} holds no tokenizer.json (it was trained before runs recorded data.tokenizer_file); "
-            "pass --tokenizer_file=PATH, the tokenizer its data was packed with"
-        )
-    return load_tokenizer(path)
-
-
-def main(argv: list[str]) -> None:
-    args = _parse(argv)
+def run_command(args: argparse.Namespace) -> None:
+    """`jaxgpt generate` (jaxgpt/cli.py parses the flags): completions printed, and written as JSONL if asked."""
     prompts = read_prompts(args)
     Sampling(args.temperature, args.top_k, args.top_p)  # bad flags fail before the checkpoint is read
     try:
         data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
-    except ValueError:
-        raise ValueError(f"--mesh={args.mesh!r} must be three ints DATA,FSDP,TENSOR") from None
+    except ValueError:  # int() of the flag's text, or not three of them
+        raise ConfigError(f"--mesh={args.mesh!r} must be three ints DATA,FSDP,TENSOR") from None
     mesh = sharding.make_mesh(data, fsdp, tensor, devices=jax.local_devices())
-    model, _ = checkpoint.load(args.workdir, args.step, mesh)
-    tokenizer = resolve_tokenizer(args.workdir, args.tokenizer_file)
+    checkpoint.quiet_orbax_errors()
+    model, cfg = checkpoint.load(args.workdir, args.step, mesh)
+    tokenizer = load_tokenizer(rundir.find_tokenizer(args.workdir, args.tokenizer_file))
     completions = generate(
         model,
         tokenizer,
@@ -416,5 +375,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    with clean_errors(ValueError, checkpoint.CheckpointError, OSError):
-        main(sys.argv[1:])
+    from jaxgpt.cli import run_as
+
+    run_as("generate", prog="python -m jaxgpt.generate")

@@ -24,20 +24,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.errors import PackedDataError
+from jaxgpt import rundir
+from jaxgpt.errors import MetricsError
+from jaxgpt.io import atomic_output
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-PLOT_FILE = "metrics.png"
 # The event kinds drawn, the value each must hold and the values drawn when present (recorder.py writes them); other
 # kinds and keys (a newer jaxgpt's) are passed over.
 REQUIRED = {"train": "loss", "eval": "eval_loss"}
 DRAWN = {"train": ("loss", "lr", "grad_norm", "tokens_per_s"), "eval": ("eval_loss",)}
-
-
-class MetricsError(PackedDataError):
-    """A metrics.jsonl, config.json or output path that cannot be used; the message names the file (and line)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +119,8 @@ def locate(path: str) -> tuple[str, str]:
     if path.endswith(".jsonl"):
         return os.path.dirname(path) or ".", path
     if os.path.exists(path) and not os.path.isdir(path):
-        raise MetricsError(f"{path}: not a run directory (give the workdir, or its {METRICS_FILE})")
-    return path, os.path.join(path, METRICS_FILE)
+        raise MetricsError(f"{path}: not a run directory (give the workdir, or its {rundir.METRICS})")
+    return path, os.path.join(path, rundir.METRICS)
 
 
 def default_labels(paths: list[str]) -> list[str]:
@@ -142,7 +136,7 @@ def read_run(path: str, label: str) -> RunMetrics:
     events = read_events(metrics_path)
     if not events["train"]:
         raise MetricsError(f"{metrics_path}: holds no train events yet, so there is nothing to plot")
-    tokens = read_tokens_per_step(os.path.join(workdir, CONFIG_FILE))
+    tokens = read_tokens_per_step(os.path.join(workdir, rundir.CONFIG))
     return RunMetrics(label, events["train"], events["eval"], tokens)
 
 
@@ -201,7 +195,7 @@ def tokens_axis(ax, runs: list[RunMetrics]) -> None:
     per_step = {run.tokens_per_step for run in runs}
     if len(per_step) != 1 or None in per_step:
         missing = [run.label for run in runs if run.tokens_per_step is None]
-        why = f"no {CONFIG_FILE} in {', '.join(missing)}" if missing else "the runs differ in tokens/step"
+        why = f"no {rundir.CONFIG} in {', '.join(missing)}" if missing else "the runs differ in tokens/step"
         ax.set_title(f"loss (no tokens axis: {why})")
         return
     (n,) = per_step
@@ -230,6 +224,6 @@ def plot_runs(paths: list[str], out: str | None = None, labels: list[str] | None
     """Draws the runs (workdirs or metrics.jsonl files) into `out`, by default the first run's metrics.png."""
     runs = read_runs(paths, labels)
     if out is None:
-        out = os.path.join(locate(paths[0])[0], PLOT_FILE)
+        out = os.path.join(locate(paths[0])[0], rundir.PLOT)
     save(figure(runs), out)
     return out

@@ -10,6 +10,8 @@ import math
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxgpt.errors import ConfigError, check_int
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_AXIS_RULES = (
@@ -53,18 +55,19 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}
     for key, size in sizes.items():
-        if not isinstance(size, int) or (size < 1 and size != -1):
-            raise ValueError(f"{key}={size!r} must be a positive int or -1 (all devices left over)")
+        if size != -1:
+            check_int(key, size, hint=" or -1 (all devices left over)")
     free = [key for key, size in sizes.items() if size == -1]
     if len(free) > 1:
-        raise ValueError(f"{' and '.join(free)} are both -1; at most one mesh axis may take the devices left over")
+        raise ConfigError(f"{' and '.join(free)} are both -1; at most one mesh axis may take the devices left over")
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if free:
         if len(devices) % fixed:
-            raise ValueError(f"{sizes} cannot fill {len(devices)} devices: {len(devices)} is not a multiple of {fixed}")
+            n = len(devices)
+            raise ConfigError(f"{sizes} cannot fill {n} devices: {n} is not a multiple of {fixed}")
         sizes[free[0]] = len(devices) // fixed
     if math.prod(sizes.values()) != len(devices):
-        raise ValueError(f"{sizes} multiply to {math.prod(sizes.values())} but there are {len(devices)} devices")
+        raise ConfigError(f"{sizes} multiply to {math.prod(sizes.values())} but there are {len(devices)} devices")
     shape = tuple(sizes.values())
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 

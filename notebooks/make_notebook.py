@@ -19,8 +19,8 @@ CELLS = [
         """# jaxgpt: use the getting-started run
 
 Restores the checkpoint that `bash getting_started.sh` trained (Orbax, on whatever devices are present), evaluates the
-validation loss, plots the run and generates text with the kv-cached sampler. Set `JAXGPT_WORKDIR` to use another
-run.""",
+validation loss, plots the run and generates text with the kv-cached sampler. Set `JAXGPT_WORKDIR` to use another """
+        "run.",
     ),
     (
         "code",
@@ -40,12 +40,13 @@ if os.path.basename(os.getcwd()) == "notebooks":
         """import jax
 from flax import nnx
 
-from jaxgpt import checkpoint, generate, plots, sharding, train_step
-from jaxgpt.data import pipeline
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt import checkpoint, generate, plots, rundir, sharding
+from jaxgpt.data.loader import pipeline
+from jaxgpt.data.loader.source import PackedWindowSource
 from jaxgpt.data.tokenize import load_tokenizer
 from jaxgpt.model import count_params
-from jaxgpt.state import StateLayout, StepConfig
+from jaxgpt.train.state import StateLayout, StepConfig
+from jaxgpt.train.step import make_eval_step
 
 model, cfg = checkpoint.load(WORKDIR)
 print(f"{count_params(model.cfg):,} parameters, {model.cfg.n_layer} layers of width {model.cfg.n_embd}, "
@@ -68,7 +69,7 @@ print(dict(mesh.shape), "| wte.weight [V, D] is split as", model.wte.weight[...]
         """import json
 
 layout = StateLayout.build(StepConfig.from_config(cfg, num_steps=1), mesh)
-eval_step = train_step.make_eval_step(layout)
+eval_step = make_eval_step(layout)
 params = nnx.state(model, nnx.Param)
 val = PackedWindowSource(cfg.data.val_path.split(","), cfg.data.seq_len, cfg.model.vocab_size)
 loss_sum = num_tokens = 0.0
@@ -98,7 +99,7 @@ print(f"validation loss {loss_sum / num_tokens:.4f} over {int(num_tokens):,} tok
     ),
     (
         "code",
-        """tokenizer = load_tokenizer(checkpoint.tokenizer_path(WORKDIR))
+        """tokenizer = load_tokenizer(rundir.tokenizer_path(WORKDIR))
 prompts = ["The best way to learn a language is", "In 2023, the city council"]
 for c in generate.generate(model, tokenizer, prompts, max_new_tokens=32, temperature=0.8, top_p=0.95, seed=0):
     print(f"{c.prompt!r} -> {c.completion!r}")""",

@@ -11,8 +11,8 @@ from conftest import TEST_DATA
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt.data import pipeline as batches
-from jaxgpt.data.pipeline import (
+from jaxgpt.data.loader import pipeline as batches
+from jaxgpt.data.loader.pipeline import (
     eval_batches,
     host_eval_dataset,
     host_rows,
@@ -21,7 +21,8 @@ from jaxgpt.data.pipeline import (
     steps_per_epoch,
     train_batches,
 )
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.errors import ConfigError, PackedDataError
 
 S = 4  # sequence length of the synthetic source
 N = 37  # windows in the synthetic source: tokens 0..4N, so window i starts with token i*S
@@ -54,7 +55,7 @@ def train_ids(source, G, seed, steps, rows=None, start_step=0) -> np.ndarray:
 def test_steps_per_epoch_is_modalities_floor():
     assert steps_per_epoch(37, 8) == 4  # = Modalities' 37 // dp // micro_batch // grad_accum for 37 // 2 // 2 // 2
     assert steps_per_epoch(np.int64(16), 8) == 2
-    with pytest.raises(ValueError, match="7 windows, fewer than one global batch of 8"):
+    with pytest.raises(ConfigError, match="7 windows, fewer than one global batch of 8"):
         steps_per_epoch(7, 8)
 
 
@@ -191,38 +192,38 @@ def test_eval_batches_are_sharded_and_finite(source, mesh):
 
 
 def test_batch_not_divisible_by_data_parallel_size(source, mesh):
-    with pytest.raises(ValueError, match=r"global batch size 6 is not divisible by the data-parallel size 4"):
+    with pytest.raises(ConfigError, match=r"global batch size 6 is not divisible by the data-parallel size 4"):
         train_batches(source, global_batch_size=6, seed=0, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
-    with pytest.raises(ValueError, match=r"global batch size 6 is not divisible by the data-parallel size 4"):
+    with pytest.raises(ConfigError, match=r"global batch size 6 is not divisible by the data-parallel size 4"):
         eval_batches(source, global_batch_size=6, sharding=NamedSharding(mesh, P(("data", "tensor"))))
     assert host_rows(NamedSharding(mesh, P("data")), 6) == (0, 6)
 
 
 def test_batch_not_divisible_by_process_count():
-    with pytest.raises(ValueError, match="global batch size 6 is not divisible by the process count 4"):
+    with pytest.raises(ConfigError, match="global batch size 6 is not divisible by the process count 4"):
         process_rows(6, 1, 4)
     with pytest.raises(ValueError, match="process_index 2 is out of range for 2 processes"):
         process_rows(6, 2, 2)
 
 
 def test_fewer_windows_than_one_global_batch(source, mesh):
-    with pytest.raises(ValueError, match=r"arange.pbin.*has 37 windows, fewer than one global batch of 40"):
+    with pytest.raises(ConfigError, match=r"arange.pbin.*has 37 windows, fewer than one global batch of 40"):
         train_batches(source, global_batch_size=40, seed=0, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"global_batch_size": 0}, "global_batch_size must be a positive int, got 0"),
-        ({"seed": -1}, "data.seed must be a non-negative int, got -1"),
-        ({"start_step": -2}, "start_step must be a non-negative int, got -2"),
-        ({"start_step": 1.5}, "start_step must be a non-negative int, got 1.5"),
-        ({"prefetch": -1}, "prefetch must be a non-negative int, got -1"),
+        ({"global_batch_size": 0}, "global_batch_size=0 must be an int >= 1"),
+        ({"seed": -1}, "data.seed=-1 must be an int >= 0"),
+        ({"start_step": -2}, "start_step=-2 must be an int >= 0"),
+        ({"start_step": 1.5}, "start_step=1.5 must be an int >= 0"),
+        ({"prefetch": -1}, "prefetch=-1 must be an int >= 0"),
     ],
 )
 def test_bad_arguments(source, mesh, kwargs, message):
     args = {"global_batch_size": 8, "seed": 0, "sharding": NamedSharding(mesh, P("data"))} | kwargs
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         train_batches(source, **args)
 
 
@@ -238,7 +239,7 @@ def test_read_errors_surface_from_the_iterator(tmp_path, mesh):
     path.write_bytes(struct.pack("<QI", len(data), 4) + data + pickle.dumps([(0, len(data))], protocol=4))
     src = PackedWindowSource(path, S)
     with train_batches(src, global_batch_size=8, seed=0, sharding=NamedSharding(mesh, P("data"))) as it:
-        with pytest.raises(ValueError, match="wide.pbin: token id >= 2\\*\\*31"):
+        with pytest.raises(PackedDataError, match="wide.pbin: token id >= 2\\*\\*31"):
             next(it)
 
 

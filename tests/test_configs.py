@@ -1,6 +1,8 @@
 """Every shipped config loads by path (as ml_collections' config_flags does), builds, and has its documented size."""
 
+import dataclasses
 import importlib.util
+import inspect
 import re
 import subprocess
 import sys
@@ -11,12 +13,13 @@ from conftest import REPO
 from flax import nnx
 
 from jaxgpt import config
+from jaxgpt.errors import ConfigError
 from jaxgpt.model import GPT, ModelConfig, count_params
-from jaxgpt.optim import OptimConfig
-from jaxgpt.state import StepConfig
+from jaxgpt.train.optim import OptimConfig
+from jaxgpt.train.state import StepConfig
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
-PARAMS = {"base.py": 59_855_872, "gpt60m.py": 59_855_872, "tiny.py": 3_342_976}
+PARAMS = {"gpt60m.py": 59_855_872, "tiny.py": 3_342_976}
 
 
 def _load(path):
@@ -53,7 +56,7 @@ def test_gpt60m_matches_the_getting_started_model():
 
 
 def test_configs_load_through_config_flags_from_another_directory(tmp_path):
-    """config_flags imports the file by path with the repo off sys.path; base.py must still be found."""
+    """config_flags imports the file by path with the repo off sys.path: the defaults come from the installed jaxgpt."""
     script = (
         "import sys\n"
         "from absl import app, flags\n"
@@ -80,27 +83,44 @@ def test_configs_load_through_config_flags_from_another_directory(tmp_path):
 def test_unknown_model_key_is_named():
     cfg = _load(REPO / "configs" / "tiny.py")
     cfg.model.n_heads = 4  # a typo'd knob must not be silently ignored
-    with pytest.raises(ValueError, match="model.n_heads"):
+    with pytest.raises(ConfigError, match="model.n_heads"):
         ModelConfig.from_config(cfg)
 
 
-def test_every_knob_of_base_has_one_comment():
-    """configs/base.py is the one list of knobs: each knob's assignment has its comment at the end of its line, or (too
-    long for one line) on the line above."""
-    lines = (REPO / "configs" / "base.py").read_text().splitlines()
-    knobs = [i for i, line in enumerate(lines) if re.match(r"    \w+\.\w+ = ", line) and "ConfigDict()" not in line]
-    assert len(knobs) == len(config.flatten(config.base_config().to_dict()))
-    for i in knobs:
-        code, _, comment = lines[i].partition("  # ")
-        assert comment.strip() or lines[i - 1].strip().startswith("# "), f"configs/base.py:{i + 1}: {code.strip()}"
+def test_every_knob_has_a_default_and_one_comment_where_it_is_declared():
+    """Each section's dataclass is the one list of its knobs: every field has a default and a comment at the end of
+    its line, or (too long for one line) on the line above; the ConfigDict holds exactly these knobs."""
+    for section in config.SECTIONS:
+        lines, first = inspect.getsourcelines(section)
+        fields = {f.name for f in dataclasses.fields(section)}
+        declared = [i for i, line in enumerate(lines) if re.match(rf"    ({'|'.join(fields)}): ", line)]
+        assert len(declared) == len(fields), section.__name__
+        for i in declared:
+            code, _, comment = lines[i].partition("  # ")
+            where = f"{inspect.getsourcefile(section)}:{first + i}: {code.strip()}"
+            assert " = " in code, where
+            assert comment.strip() or lines[i - 1].strip().startswith("# "), where
+    knobs = {s.knob_key(f) for s in config.SECTIONS for f in s.own_fields()}
+    assert knobs == set(config.flatten(config.default_config().to_dict()))
 
 
-def test_dataclass_defaults_are_base_knobs():
-    base = config.base_config()
-    assert ModelConfig() == ModelConfig.from_config(base)
+def test_dataclass_defaults_are_the_config_defaults():
+    base = config.default_config()
+    assert ModelConfig() == ModelConfig.from_config(base)  # data.seq_len included
     assert OptimConfig() == OptimConfig.from_config(base)
     step = StepConfig(ModelConfig(), OptimConfig(), num_steps=10)
     assert step == StepConfig.from_config(base, num_steps=10)
+    assert config.RunConfig.from_config(base) == config.RunConfig(*(s() for s in config.SECTIONS))
+
+
+def test_config_files_change_only_what_differs_from_the_defaults():
+    defaults = config.flatten(config.default_config().to_dict())
+    for path in CONFIGS:
+        for line in path.read_text().splitlines():
+            assigned = re.match(r"    c\.(\w+\.\w+) = ", line)
+            if assigned:
+                value = config.flatten(_load(path).to_dict())[assigned[1]]
+                assert value != defaults[assigned[1]], f"{path.name}: {line.strip()} is the default"
 
 
 def test_a_config_without_a_knob_builds_with_its_default():
@@ -113,7 +133,7 @@ def test_a_config_without_a_knob_builds_with_its_default():
 
 def test_resumable_keys_are_knobs_and_leave_the_numbers_alone():
     keys = config.resumable()
-    assert keys <= set(config.flatten(config.base_config().to_dict()))
+    assert keys <= set(config.flatten(config.default_config().to_dict()))
     # none of the sections that decide what the step computes may change on resume
     assert not {k for k in keys if k.split(".")[0] in ("model", "optim")}
     assert {"data.seed", "train.grad_accum", "train.compute_dtype", "train.z_loss", "train.num_steps"}.isdisjoint(keys)
@@ -128,5 +148,5 @@ def test_completing_a_saved_config():
     del nested["model"]["attn"]  # a checkpoint from before the knob
     assert config.complete(nested, "ckpt/4").model.attn == "causal"
     nested["model"]["n_layer"] = "two"
-    with pytest.raises(ValueError, match=r"ckpt/4: config key model.n_layer='two' does not fit"):
+    with pytest.raises(ConfigError, match=r"ckpt/4: config key model.n_layer='two' does not fit"):
         config.complete(nested, "ckpt/4")

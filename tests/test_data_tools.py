@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from conftest import RAW, REPO, TEST_DATA
 
-from jaxgpt.data import chunks, shuffle
-from jaxgpt.data.errors import PackedDataError
-from jaxgpt.data.pbin import HEADER_BYTES, PbinWriter, read_pbin
-from jaxgpt.data.pickles import write_pairs
+from jaxgpt.data.format.pbin import HEADER_BYTES, PbinWriter, read_pbin
+from jaxgpt.data.format.pickles import write_pairs
+from jaxgpt.data.prepare import chunks, shuffle
+from jaxgpt.errors import ConfigError, PackedDataError
 
 GOLD = TEST_DATA / "shuffle"
 FILES = GOLD / "redpajama_files.txt"  # redpajama_v2_samples_512_{train,test}
@@ -207,7 +207,7 @@ def _chunk_list(tmp_path, sizes: list[int], widths: list[int] | None = None):
 def test_bad_chunk_ids_are_refused_before_anything_is_read(tmp_path):
     files = _chunk_list(tmp_path, [5])
     for chunk_id, num_chunks in [(3, 3), (-1, 3), (0, 0), (0, -2)]:
-        with pytest.raises(PackedDataError, match="--chunk_id must be in|--num_chunks must be at least 1"):
+        with pytest.raises(ConfigError, match="--chunk_id must be in|--num_chunks=.* must be an int >= 1"):
             chunks.create_pbin_chunk(files, tmp_path, tmp_path / "o.pbin", chunk_id=chunk_id, num_chunks=num_chunks)
     assert not (tmp_path / "o.pbin").exists()
 
@@ -267,7 +267,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(tmp_path):
         (["shuffle_tokenized_data", "--input_data_path", TEST_DATA / "lorem_ipsum.jsonl"], "token width"),
         (
             ["shuffle_tokenized_data", "--input_data_path", TEST_DATA / "lorem_ipsum.pbin", "--batch_size", 0],
-            "--batch_size must be at least 1",
+            "--batch_size=0 must be an int >= 1",
         ),
         (["shuffle_jsonl_data", "--input_data_path", tmp_path / "empty.jsonl"], "file is empty"),
         (["shuffle_jsonl_data", "--input_data_path", tmp_path / "nope.jsonl"], "nope.jsonl: no such file"),
@@ -383,7 +383,7 @@ _RSS_SCRIPT = """
 import resource, sys
 limit = 128 << 20  # a private buffer of the 256 MB data section cannot be allocated under this
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-from jaxgpt.data.shuffle import shuffle_pbin
+from jaxgpt.data.prepare.shuffle import shuffle_pbin
 shuffle_pbin(sys.argv[1], sys.argv[2], seed=5)
 # VmHWM: this process image's own peak RSS (ru_maxrss would start at the forking parent's)
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))

@@ -18,9 +18,10 @@ from conftest import REPO, TEST_DATA, TOKENIZER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxgpt.data import index, pack, pbin
-from jaxgpt.data.errors import PackedDataError
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.data.format import pbin
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.data.prepare import index, pack
+from jaxgpt.errors import PackedDataError
 
 SCALE = int(os.environ.get("JAXGPT_FUZZ_SCALE", "1"))
 
@@ -159,7 +160,7 @@ def test_the_indexer_and_packer_refuse_bad_jsonl_cleanly_and_leave_no_file(lines
 KNOBS = sorted(
     f"{section}.{key}"
     for section, values in json.loads(
-        __import__("jaxgpt.config", fromlist=["base_config"]).base_config().to_json()
+        __import__("jaxgpt.config", fromlist=["default_config"]).default_config().to_json()
     ).items()
     for key in values
 )
@@ -179,14 +180,14 @@ KEY = st.one_of(
 @fuzz(300)
 @given(key=KEY, value=VALUE, with_value=st.booleans())
 def test_config_overrides_parse_or_fail_in_one_line_naming_the_key(key, value, with_value):
-    from jaxgpt import train
+    from jaxgpt.train import loop
 
     override = f"--config.{key}={value}" if with_value else f"--config.{key}"
     argv = ["train", f"--config={REPO / 'configs' / 'tiny.py'}", "--workdir=unused", override]
     sys.argv, saved = argv, sys.argv  # ml_collections finds the override flags in sys.argv
     try:
-        train._parse_flags(argv)
-        node = train._CONFIG.value
+        loop._parse_flags(argv)
+        node = loop._CONFIG.value
         for part in key.split("."):
             node = node[part]  # the key exists; the value was taken, with the knob's type
     except SystemExit as e:

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from conftest import RAW, REPO, TEST_DATA, TOKENIZER
 
-from jaxgpt.data.index import JsonlError, create_index, index_jsonl
-from jaxgpt.data.pack import pack_jsonl
-from jaxgpt.data.pbin import PackedDataError, read_pbin, write_idx
+from jaxgpt.data.format.pbin import read_pbin, write_idx
+from jaxgpt.data.prepare.index import JsonlError, create_index, index_jsonl
+from jaxgpt.data.prepare.pack import pack_jsonl
 from jaxgpt.data.tokenize import load_tokenizer
+from jaxgpt.errors import ConfigError, PackedDataError
 
 CORPORA = [
     (TEST_DATA / "lorem_ipsum.jsonl", ".text", "lorem_ipsum"),
@@ -293,7 +294,7 @@ def test_bom_and_lone_low_surrogate_read_as_jq_reads_them(tmp_path, pattern):
 def test_num_processes_below_one_is_refused(tmp_path):
     src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "x"}])
     for n in [0, -1]:
-        with pytest.raises(PackedDataError, match=rf"--num_processes must be at least 1, got {n}"):
+        with pytest.raises(ConfigError, match=rf"--num_processes={n} must be an int >= 1"):
             _pack(src, tmp_path / "d.pbin", num_processes=n)
     _no_output(tmp_path, "d.pbin")
 
@@ -303,8 +304,8 @@ def test_num_processes_below_one_is_refused(tmp_path):
 _HOOKED_PACK = """
 import os, signal, sys, time
 from jaxgpt.data import tokenize
-from jaxgpt.data.cli import clean_errors
-from jaxgpt.data.pack import pack_jsonl
+from jaxgpt.cli import clean_errors
+from jaxgpt.data.prepare.pack import pack_jsonl
 
 def encode_batch(self, texts, _encode_batch=tokenize.Tokenizer.encode_batch):
     if "DIE" in texts:

@@ -9,7 +9,7 @@ import pytest
 import tokenizers
 from conftest import RAW, TEST_DATA, TOKENIZER
 
-from jaxgpt.data.pbin import PackedDataError, read_pbin
+from jaxgpt.data.format.pbin import read_pbin
 from jaxgpt.data.tokenize import (
     NOT_VETTED,
     PROBE_TEXT,
@@ -19,6 +19,7 @@ from jaxgpt.data.tokenize import (
     load_tokenizer,
     vocabulary_hash,
 )
+from jaxgpt.errors import PackedDataError
 
 EDGE_TEXTS = [
     PROBE_TEXT,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import TEST_DATA
 
-from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.pbin import (
+from jaxgpt.cli import sigterm_exits
+from jaxgpt.data.format.pbin import (
     HEADER_BYTES,
     PackedDataError,
     merge_pbin,
@@ -23,7 +23,9 @@ from jaxgpt.data.pbin import (
     read_pbin,
     token_width,
 )
-from jaxgpt.data.pickles import load_pairs, write_pairs
+from jaxgpt.data.format.pickles import load_pairs, write_pairs
+from jaxgpt.errors import JaxgptError
+from jaxgpt.io import atomic_output
 
 GOLDEN = ["lorem_ipsum", "lorem_ipsum_long", "redpajama_v2_samples_512_train", "redpajama_v2_samples_512_test"]
 
@@ -216,18 +218,18 @@ def test_atomic_output_refuses_a_file_as_directory(tmp_path):
     blocker.write_bytes(b"{}\n")
     for target in [blocker / "out.pbin", blocker / "deeper" / "out.pbin"]:
         message = rf"out\.pbin: cannot write there, {blocker} is not a directory"
-        with pytest.raises(PackedDataError, match=message), atomic_output(target):
+        with pytest.raises(JaxgptError, match=message), atomic_output(target):
             pass
     assert os.listdir(tmp_path) == ["x.jsonl"]
 
 
-def test_atomic_output_turns_sigterm_into_exit_and_cleans_up(tmp_path):
-    def outer_handler(signum, frame):  # what runs if atomic_output does not handle SIGTERM (instead of dying)
-        raise RuntimeError("SIGTERM reached the handler outside atomic_output")
+def test_a_command_turns_sigterm_into_exit_and_atomic_output_cleans_up(tmp_path):
+    def outer_handler(signum, frame):  # what runs if the command does not handle SIGTERM (instead of dying)
+        raise RuntimeError("SIGTERM reached the handler outside the command")
 
     original = signal.signal(signal.SIGTERM, outer_handler)
     try:
-        with pytest.raises(SystemExit) as e, atomic_output(tmp_path / "out.pbin") as tmp:
+        with pytest.raises(SystemExit) as e, sigterm_exits(), atomic_output(tmp_path / "out.pbin") as tmp:
             with open(tmp, "wb") as f:
                 f.write(b"partial")
             os.kill(os.getpid(), signal.SIGTERM)

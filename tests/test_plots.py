@@ -6,20 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 import warnings
 
-import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, TEST_DATA
+from conftest import REPO, TEST_DATA, tiny_config
 from matplotlib import image as mpimg
 from PIL import Image
-from test_train import tiny_config
 
 from jaxgpt import plots, train
-from jaxgpt.plots import MetricsError
-from jaxgpt.recorder import Recorder
+from jaxgpt.config import WandbConfig
+from jaxgpt.errors import MetricsError
+from jaxgpt.train.recorder import Cadence, Recorder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURE_PIXELS = (1200, 800)  # plots.figure: 12 x 8 inches at 100 dpi
@@ -43,12 +41,9 @@ def recorded_run(workdir, last_step, *, first_step=0, eval_every=0, shift=0.0):
     os.makedirs(workdir, exist_ok=True)
     shutil.copy(REAL_CONFIG_JSON, os.path.join(workdir, "config.json"))
     tokens_per_step = json.loads(REAL_CONFIG_JSON.read_text())["derived"]["tokens_per_step"]
-    cfg = ml_collections.ConfigDict({"wandb": {"mode": "disabled"}, "train": {"log_every": 1}})
-    plan = types.SimpleNamespace(num_steps=last_step, tokens_per_step=tokens_per_step)
-    setup = types.SimpleNamespace(
-        workdir=str(workdir), cfg=cfg, plan=plan, end_step=last_step, flops_per_token=1e6, peak_flops=1e12
-    )
-    with Recorder(setup, {}, first_step, checkpoints=None) as recorder:
+    cadence = Cadence(last_step, last_step, 1, tokens_per_step, flops_per_token=1e6, peak_flops=1e12)
+    wandb = WandbConfig(mode="disabled")
+    with Recorder(str(workdir), cadence, wandb, {}, first_step, checkpoints=None) as recorder:
         for step in range(first_step + 1, last_step + 1):
             recorder.train(step, {"loss": 6.0 - 0.1 * step + shift, "grad_norm": 1.0 / step, "lr": 1e-3 * step})
             if eval_every and step % eval_every == 0:

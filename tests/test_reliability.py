@@ -6,7 +6,6 @@ half-written that a later run would pick up.
 
 import contextlib
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -17,13 +16,25 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TEST_DATA
-from test_train import _cli, assert_trees_equal, final_params, losses_in_order, tiny_config
+from conftest import (
+    REPO,
+    STEPS,
+    TEST_DATA,
+    assert_trees_equal,
+    drill,
+    final_params,
+    losses_in_order,
+    tiny_cli,
+    tiny_config,
+)
 
-from jaxgpt import checkpoint, train
-from jaxgpt.state import StateLayout, StepConfig
-
-STEPS = 6  # tiny_config's run (test_train.py): 8 seqs x 64 tokens per step, evaluations at steps 3 and 6
+from jaxgpt import checkpoint, rundir, sharding, train
+from jaxgpt.data.loader import pipeline
+from jaxgpt.errors import CheckpointError, ConfigError
+from jaxgpt.train import resume
+from jaxgpt.train.loop import eval_schedule
+from jaxgpt.train.setup import setup
+from jaxgpt.train.state import StateLayout, StepConfig
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +68,7 @@ def test_damaged_newest_checkpoints_fall_back_to_the_newest_intact_one(reference
     ref, _ = reference
     workdir = str(tmp_path / "run")
     shutil.copytree(ref, workdir)
-    ckpt_dir = checkpoint.checkpoint_dir(workdir)
+    ckpt_dir = rundir.checkpoint_dir(workdir)
     damaged = {
         step: damage(f"{ckpt_dir}/{step}", how) for step, how in ((6, "truncated"), (5, "deleted"), (4, "uncommitted"))
     }
@@ -89,20 +100,20 @@ def test_load_names_the_step_it_loaded_and_a_damaged_explicit_step_is_an_error(r
     ref, _ = reference
     workdir = str(tmp_path / "run")
     shutil.copytree(ref, workdir)
-    ckpt_dir = checkpoint.checkpoint_dir(workdir)
+    ckpt_dir = rundir.checkpoint_dir(workdir)
     damage(f"{ckpt_dir}/6", "truncated")
     with pytest.warns(UserWarning, match=rf"{ckpt_dir}/6: damaged checkpoint .*; falling back to step 5"):
         model, cfg = checkpoint.load(workdir)
     assert f"jaxgpt: loaded step 5 of {ckpt_dir}" in capsys.readouterr().err
     assert sorted(os.listdir(ckpt_dir)) == ["3", "4", "5", "6"]  # a reader moves nothing
-    with pytest.raises(checkpoint.CheckpointError, match=rf"{ckpt_dir}/6: cannot restore it: .*OUT_OF_RANGE"):
+    with pytest.raises(CheckpointError, match=rf"{ckpt_dir}/6: cannot restore it: .*OUT_OF_RANGE"):
         checkpoint.load(workdir, step=6)
     damage(f"{ckpt_dir}/5", "uncommitted")
-    with pytest.raises(checkpoint.CheckpointError, match=r"5: cannot restore it: .*5 has no commit_success.txt"):
+    with pytest.raises(CheckpointError, match=r"5: cannot restore it: .*5 has no commit_success.txt"):
         checkpoint.load(workdir, step=5)
     for step in (3, 4):
         damage(f"{ckpt_dir}/{step}", "truncated")  # a reader reads only the params: damage those
-    with pytest.warns(UserWarning), pytest.raises(checkpoint.CheckpointError, match=r"every checkpoint is damaged"):
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=r"every checkpoint is damaged"):
         checkpoint.load(workdir)
 
 
@@ -113,18 +124,18 @@ def test_auto_compute_dtype_is_float32_on_cpu_and_named_in_the_banner_and_record
     assert step_cfg.resolved("gpu").compute_dtype == step_cfg.resolved("tpu").compute_dtype == "bfloat16"
     with pytest.raises(ValueError, match="resolved only on a platform"):
         _ = step_cfg.dtype
-    layout = StateLayout.build(step_cfg, train.sharding.make_mesh(1, -1, 1))
+    layout = StateLayout.build(step_cfg, sharding.make_mesh(1, -1, 1))
     assert layout.cfg.compute_dtype == "float32"
     assert "compute: float32 on cpu" in printed
     with open(os.path.join(ref, "config.json")) as f:
         assert json.load(f)["derived"]["compute_dtype"] == "float32"
     # The run's config holds the dtype "auto" picked: checkpoints record it and a resume compares it.
-    auto = train.setup(tiny_config(**{"train.compute_dtype": "auto"}), str(ref), stop_after=None)
+    auto = setup(tiny_config(**{"train.compute_dtype": "auto"}), str(ref), stop_after=None)
     assert auto.cfg.train.compute_dtype == "float32"
     saved = json.loads(json.dumps(auto.cfg.to_dict()))
     saved["train"]["compute_dtype"] = "bfloat16"  # a checkpoint of a GPU run
-    with pytest.raises(checkpoint.CheckpointError, match="train.compute_dtype: checkpoint 'bfloat16' vs now 'float32'"):
-        train.check_resumable(saved, auto.stream, auto.cfg, auto.stream, "ckpt", 2)
+    with pytest.raises(CheckpointError, match="train.compute_dtype: checkpoint 'bfloat16' vs now 'float32'"):
+        resume.check_resumable(saved, auto.stream, auto.cfg, auto.stream, "ckpt", 2)
 
 
 def test_the_banner_plans_the_evaluation_cost_and_the_bar_shows_evaluation(reference, tmp_path):
@@ -134,17 +145,17 @@ def test_the_banner_plans_the_evaluation_cost_and_the_bar_shows_evaluation(refer
         " and at the last: 2 in all" in printed
     )
     assert "eval at step 3" in printed and "eval at step 6" in printed  # the evaluation's own progress bar
-    full = train.setup(tiny_config(**{"train.eval_steps": 0}), str(tmp_path / "run"), stop_after=None)
-    sharding_ = train.sharding.batch_sharding(full.mesh)
-    with train.pipeline.eval_batches(full.val_src, global_batch_size=full.plan.eval_batch, sharding=sharding_) as it:
-        assert train.eval_batches(full) == sum(1 for _ in it)  # the planned count is what a full pass reads
-    assert "train.eval_steps=N caps it" in train.eval_cost(full)
+    full = setup(tiny_config(**{"train.eval_steps": 0}), str(tmp_path / "run"), stop_after=None)
+    sharding_ = sharding.batch_sharding(full.mesh)
+    with pipeline.eval_batches(full.val_src, global_batch_size=full.plan.eval_batch, sharding=sharding_) as it:
+        assert full.eval_batches == sum(1 for _ in it)  # the planned count is what a full pass reads
+    assert "train.eval_steps=N caps it" in eval_schedule(full).cost(full.plan.tokens_per_step, 64)
 
 
 def test_a_missing_pbin_names_the_commands_that_make_it(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # where a fresh clone runs it; data/raw holds the bundled samples
     missing = str(tmp_path / "redpajama_v2_samples_512_test.pbin")
-    with pytest.raises(ValueError, match=re.escape(f"{missing}: no such file (data.train_path)")) as error:
+    with pytest.raises(ConfigError, match=re.escape(f"{missing}: no such file (data.train_path)")) as error:
         train.run(tiny_config(**{"data.train_path": missing}), str(tmp_path / "run"))
     message = str(error.value)
     assert "`bash getting_started.sh`" in message
@@ -155,7 +166,7 @@ def test_a_missing_pbin_names_the_commands_that_make_it(tmp_path, monkeypatch):
     with open(missing, "rb") as made, open(TEST_DATA / "redpajama_v2_samples_512_test.pbin", "rb") as golden:
         assert made.read() == golden.read()
     other = str(tmp_path / "mine.pbin")
-    with pytest.raises(ValueError, match=r"mine.pbin: no such file \(data.val_path\); pack it from your JSONL"):
+    with pytest.raises(ConfigError, match=r"mine.pbin: no such file \(data.val_path\); pack it from your JSONL"):
         train.run(tiny_config(**{"data.val_path": other}), str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
@@ -185,14 +196,14 @@ def test_a_full_disk_during_a_save_is_one_error_and_leaves_only_complete_checkpo
     with tmpfs(str(tmp_path / "disk"), "size=60m") as disk:
         workdir = os.path.join(disk, "run")
         proc = subprocess.run(
-            _cli(workdir, "--config.checkpoint.every=2"), cwd=REPO, capture_output=True, text=True, timeout=300
+            tiny_cli(workdir, "--config.checkpoint.every=2"), cwd=REPO, capture_output=True, text=True, timeout=300
         )
         # Step 4's save fills the disk; Orbax may report it at step 6's save, after that one failed too.
         line = _one_line_error(proc, f"error: {workdir}/checkpoints: saving step ")
         assert re.search(
             r"saving step [46] failed: no space left on device.*the newest complete checkpoint is step 2$", line
         ), line
-        assert os.listdir(checkpoint.checkpoint_dir(workdir)) == ["2"]  # no partial step 4 a resume could pick
+        assert os.listdir(rundir.checkpoint_dir(workdir)) == ["2"]  # no partial step 4 a resume could pick
         subprocess.run(["mount", "-o", "remount,size=200m", disk], check=True)  # space freed: the resume is exact
         train.run(tiny_config(), workdir)
         assert losses_in_order(workdir) == losses_in_order(ref)
@@ -200,35 +211,28 @@ def test_a_full_disk_during_a_save_is_one_error_and_leaves_only_complete_checkpo
 
 def test_operator_mistakes_are_one_line_errors_that_write_nothing(tmp_path):
     with tmpfs(str(tmp_path / "ro"), "ro,size=1m") as parent:
-        with pytest.raises(ValueError, match=r"cannot be used as the run directory \(Read-only file system\)"):
+        with pytest.raises(ConfigError, match=r"cannot be used as the run directory \(Read-only file system\)"):
             train.run(tiny_config(), os.path.join(parent, "run"))
     (tmp_path / "file").write_text("notes")
-    with pytest.raises(ValueError, match=r"file: cannot be used as the run directory \(File exists\)"):
+    with pytest.raises(ConfigError, match=r"file: cannot be used as the run directory \(File exists\)"):
         train.run(tiny_config(), str(tmp_path / "file"))
     assert (tmp_path / "file").read_text() == "notes"
     # A run holds the workdir (this test process, through the lock train.run takes): a second one, started from the
-    # command line, is refused in one line (main turns each ValueError and CheckpointError into one), writing nothing.
+    # command line, is refused in one line (the command turns each jaxgpt error into one), writing nothing.
     workdir = tmp_path / "run"
     workdir.mkdir()
-    with checkpoint.exclusive(workdir):
-        proc = subprocess.run(_cli(workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
+    with rundir.exclusive(workdir):
+        proc = subprocess.run(tiny_cli(workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
         _one_line_error(proc, f"{workdir}: another run is writing this workdir (pid {os.getpid()} on")
         assert os.listdir(workdir) == ["run.lock"]
 
 
-def _drill_module():
-    spec = importlib.util.spec_from_file_location("drill_kill", REPO / "bench" / "drill_kill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_three_kill9s_at_random_moments_end_as_the_uninterrupted_run(reference, tmp_path):
-    """bench/drill_kill.py's drill, 3 kills of a 6-step run (the full drill: 20 kills, BENCHMARKS.md)."""
+    """The drill of bench/drill_kill.py, 3 kills of a 6-step run (the full drill: 20 kills, BENCHMARKS.md)."""
     ref, _ = reference
-    drill, workdir = _drill_module(), str(tmp_path / "killed")
-    records = drill.drill(
-        _cli(workdir, "--config.checkpoint.every=1"),
+    workdir = str(tmp_path / "killed")
+    records = drill(
+        tiny_cli(workdir, "--config.checkpoint.every=1"),
         workdir,
         kills=3,
         rng=random.Random(0),

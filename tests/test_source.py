@@ -11,14 +11,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import REPO, TEST_DATA
+from conftest import MODALITIES_PYTHON, TEST_DATA, needs_modalities
 
-from jaxgpt.data.pbin import PackedDataError, read_pbin
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.data.format.pbin import read_pbin
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.errors import ConfigError, PackedDataError
 
 REDPAJAMA_TRAIN = TEST_DATA / "redpajama_v2_samples_512_train.pbin"
 REDPAJAMA_TEST = TEST_DATA / "redpajama_v2_samples_512_test.pbin"
-MODALITIES_PYTHON = REPO / ".bench_cache" / "modalities-venv" / "bin" / "python"
 
 
 def write_pbin(path: pathlib.Path, tokens, width: int = 2) -> pathlib.Path:
@@ -147,12 +147,12 @@ def test_different_token_widths_are_refused(tmp_path):
 
 @pytest.mark.parametrize("seq_len", [0, -3, True, 2.5, "8"])
 def test_bad_seq_len(tmp_path, seq_len):
-    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+    with pytest.raises(ConfigError, match="seq_len=.* must be an int >= 1"):
         PackedWindowSource(write_pbin(tmp_path / "a.pbin", range(9)), seq_len=seq_len)
 
 
 def test_no_paths():
-    with pytest.raises(ValueError, match="at least one .pbin path"):
+    with pytest.raises(ConfigError, match="at least one .pbin path"):
         PackedWindowSource([], seq_len=4)
 
 
@@ -166,7 +166,7 @@ def test_out_of_range_and_bad_indices(tmp_path):
         src.read_windows(np.array([0.5]))
 
 
-@pytest.mark.skipif(not MODALITIES_PYTHON.exists(), reason="Modalities venv (.bench_cache/modalities-venv) not present")
+@needs_modalities
 def test_equals_modalities_combined_continuous_dataset():
     """Modalities itself reads the same windows through CombinedDataset(PackedMemMapDatasetContinuous...)."""
     seq_len = 256

@@ -16,13 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, TEST_DATA
+from conftest import REPO, TEST_DATA, assert_close, atol_for
 
-from jaxgpt import checkpoint, config, hf, optim, sharding, train, warmstart
-from jaxgpt.data import pipeline
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt import checkpoint, config, sharding, train
+from jaxgpt.data.loader import pipeline
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.errors import CheckpointError, WarmStartError
+from jaxgpt.interop import export, warmstart
+from jaxgpt.interop.params import flat_params
 from jaxgpt.model import ModelConfig
-from jaxgpt.state import StateLayout, StepConfig
+from jaxgpt.train import optim
+from jaxgpt.train.state import StateLayout, StepConfig
 
 FIXTURE = TEST_DATA / "checkpoint_v0_1"
 SOURCE = str(FIXTURE / "run")
@@ -65,7 +69,7 @@ def _source_params(step=None):
     from flax import nnx
 
     model, _ = checkpoint.load(SOURCE, step)
-    return warmstart.flat_params(nnx.state(model, nnx.Param)), model
+    return flat_params(nnx.state(model, nnx.Param)), model
 
 
 def _loss(model, windows_BxW) -> float:
@@ -88,13 +92,14 @@ def test_first_logged_loss_is_the_source_models_loss_on_the_first_batch(tmp_path
     src = PackedWindowSource([cfg.data.train_path], cfg.data.seq_len, cfg.model.vocab_size)
     windows_BxW = src.read_windows(pipeline.batch_windows(len(src), 8, 3, 0, (0, 8)))
     want = _loss(_source_params()[1], windows_BxW)
-    np.testing.assert_allclose(first["loss"], want, rtol=1e-5)
+    tolerance = atol_for(want, depth=256 + 512)  # logsumexp over the 256 vocab rows, mean over 512 tokens
+    assert abs(first["loss"] - want) <= tolerance
     layout = _layout(cfg)  # what a run without init_from would have logged: measurably other
     fresh = _loss(layout.model(layout.init(cfg.train.seed).params), windows_BxW)
-    assert abs(fresh - want) > 100 * 1e-5 * want, (fresh, want)
+    assert abs(fresh - want) > 10 * tolerance, (fresh, want)
     # the schedule starts afresh (the source stopped at step 4 of 8): the run's own lr at its step 1
     schedule = optim.lr_schedule(optim.OptimConfig.from_config(cfg), 1)
-    np.testing.assert_allclose(first["lr"], float(schedule(0)), rtol=1e-6)
+    assert_close(first["lr"], float(schedule(0)), depth=1)  # one formula, maybe fused otherwise
 
 
 def test_a_warm_started_run_resumes_exactly_and_records_init_from(tmp_path):
@@ -109,7 +114,7 @@ def test_a_warm_started_run_resumes_exactly_and_records_init_from(tmp_path):
     record = json.loads((tmp_path / "split" / "config.json").read_text())
     assert record["config"]["train"]["init_from"] == f"{SOURCE}@4"
     # a resume keeps the run's origin: another source is refused; none (a command not repeating it) takes the saved one
-    with pytest.raises(checkpoint.CheckpointError, match="train.init_from"):
+    with pytest.raises(CheckpointError, match="train.init_from"):
         train.run(run_config(**{"train.init_from": SOURCE, "train.num_steps": 4}), str(tmp_path / "split"))
     train.run(cfg, str(tmp_path / "bare"), stop_after=2)
     train.run(run_config(**{"train.num_steps": 4, "checkpoint.every": 2}), str(tmp_path / "bare"))
@@ -120,9 +125,9 @@ def test_a_warm_started_run_resumes_exactly_and_records_init_from(tmp_path):
 
 def test_round_trip_jaxgpt_hf_init_from_is_bit_identical(tmp_path):
     cfg = run_config()
-    hf.export_workdir(SOURCE, str(tmp_path / "hf"), tokenizer_file=cfg.data.tokenizer_file)
+    export.to_hf(SOURCE, str(tmp_path / "hf"), tokenizer_file=cfg.data.tokenizer_file)
     state = warmstart.init_state(_layout(cfg), 0, str(tmp_path / "hf"))
-    got, (want, _) = warmstart.flat_params(state.params), _source_params()
+    got, (want, _) = flat_params(state.params), _source_params()
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
@@ -132,22 +137,22 @@ def test_round_trip_jaxgpt_hf_init_from_is_bit_identical(tmp_path):
 
 def test_the_model_options_must_agree_naming_the_key_and_both_values():
     m = ModelConfig.from_config(run_config())
-    with pytest.raises(warmstart.WarmStartError, match=r"model\.n_layer: the run has 3, .* 2") as e:
+    with pytest.raises(WarmStartError, match=r"model\.n_layer: the run has 3, .* 2") as e:
         warmstart.load(SOURCE, dataclasses.replace(m, n_layer=3, mlp="gelu"))
     assert "model.mlp: the run has 'gelu'" in str(e.value) and "'swiglu'" in str(e.value)
-    with pytest.raises(warmstart.WarmStartError, match=r"no checkpoint for step 7; available: \[4\]"):
+    with pytest.raises(WarmStartError, match=r"no checkpoint for step 7; available: \[4\]"):
         warmstart.load(f"{SOURCE}@7", m)
-    with pytest.raises(warmstart.WarmStartError, match="must be a step number"):
+    with pytest.raises(WarmStartError, match="must be a step number"):
         warmstart.load(f"{SOURCE}@last", m)
-    with pytest.raises(warmstart.WarmStartError, match="neither a jaxgpt workdir"):
+    with pytest.raises(WarmStartError, match="neither a jaxgpt workdir"):
         warmstart.load(str(FIXTURE), m)
 
 
 def test_a_bigger_vocab_takes_the_source_rows_and_the_init_for_the_rest():
     cfg = run_config(**{"model.vocab_size": 320})
     layout = _layout(cfg)
-    fresh = warmstart.flat_params(layout.init(5).params)
-    got, (want, _) = warmstart.flat_params(warmstart.init_state(layout, 5, SOURCE).params), _source_params()
+    fresh = flat_params(layout.init(5).params)
+    got, (want, _) = flat_params(warmstart.init_state(layout, 5, SOURCE).params), _source_params()
     np.testing.assert_array_equal(got["wte.weight"][:256], want["wte.weight"])
     np.testing.assert_array_equal(got["wte.weight"][256:], fresh["wte.weight"][256:])
 

@@ -23,7 +23,8 @@ import os
 
 import numpy as np
 
-from jaxgpt.data.pbin import PackedDataError, token_width
+from jaxgpt.data.format.pbin import token_width
+from jaxgpt.errors import PackedDataError
 
 # The regex HF's ByteLevel pre-tokenizer uses when use_regex is true (GPT-2's).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -1,6 +1,8 @@
-"""Attention: which kernel runs it, CPU query blocking, and the attention layers with their registry.
+"""Attention: which kernel runs it (chosen once, when the model is built), CPU query blocking, the kv cache's
+attention, and the attention layers with their registry.
 
-Legend: B batch, T sequence, D model dim, H query heads, N key/value heads, K head dim, C/E a query block's rows/keys.
+Legend: B batch, T sequence, D model dim, H query heads, N key/value heads, G = H / N, K head dim, S cache slots,
+C/E a query block's rows/keys.
 
 A new attention variant is one class with CausalSelfAttention's constructor and call, plus an entry in ATTENTIONS;
 `model.attn` then selects it.
@@ -8,13 +10,15 @@ A new attention variant is one class with CausalSelfAttention's constructor and 
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxgpt.errors import ConfigError
 from jaxgpt.model.layers import NORMS, Linear, apply_rope, init_stds, norm
 from jaxgpt.sharding import constrain
 
@@ -53,26 +57,41 @@ def attention_implementation(
     if choice == "auto":
         return "xla" if problems else "cudnn"
     if choice == "cudnn" and problems:
-        raise ValueError(f"train.attention='cudnn' cannot run here: {'; '.join(problems)}; use 'auto' or 'xla'")
+        raise ConfigError(f"train.attention='cudnn' cannot run here: {'; '.join(problems)}; use 'auto' or 'xla'")
     return choice
 
 
 def check_kernel(choice: str) -> None:
     """The one check of train.attention's value (StepConfig runs it at the edge, the model again when built)."""
     if choice not in KERNELS:
-        raise ValueError(f"train.attention={choice!r} must be one of {KERNELS}")
+        raise ConfigError(f"train.attention={choice!r} must be one of {KERNELS}")
 
 
 # XLA's attention on CPU materialises float32 scores [B, H, T, T] and masks half of them. Cutting the queries into
 # blocks of this many rows and giving each block only the keys up to its end skips most masked scores (5/8 of the
-# work remains at T = 512) and keeps each block's scores in cache: ~1.4x faster forward + backward on CPU at gpt60m.
-# Only on CPU: it was not measured elsewhere, and it unrolls T / 128 attention calls per layer.
+# work remains at T = 512) and keeps each block's scores in cache: faster forward + backward on CPU (BENCHMARKS.md,
+# "Choices"). Only on CPU: it was not measured elsewhere, and it unrolls T / 128 attention calls per layer.
 _XLA_QUERY_BLOCK = 128
 
 
 def query_block(implementation: str, platform: str) -> int | None:
     """Rows per query block of `causal_attention` on devices of this platform (None: one call)."""
     return _XLA_QUERY_BLOCK if implementation == "xla" and platform == "cpu" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """How the layers run attention over a whole sequence, fixed when the model is built."""
+
+    implementation: str = "xla"  # of jax.nn.dot_product_attention: "xla" | "cudnn"
+    query_block: int | None = None  # rows per query block (XLA on CPU, see query_block); None: one call
+
+    @classmethod
+    def choose(cls, choice: str, dtype, head_dim: int, platform: str | None = None) -> Kernel:
+        """The kernel for train.attention=`choice` on devices of `platform` (default: JAX's default backend)."""
+        platform = jax.default_backend() if platform is None else platform
+        implementation = attention_implementation(choice, dtype, head_dim, backend=platform)
+        return cls(implementation, query_block(implementation, platform))
 
 
 def causal_attention(
@@ -107,10 +126,44 @@ def causal_attention(
     return jnp.concatenate(outputs, axis=1)
 
 
+class Slots(NamedTuple):
+    """Where T new tokens go in a kv cache of S slots, and which slots each of them may read (generation)."""
+
+    at: jax.Array  # int32 []: the slot of the first new token; they fill at .. at+T-1
+    allowed_BxTxS: jax.Array  # bool: an explicit mask, since is_causal aligns its triangle to the top-left
+
+
+def write_kv(kv: tuple[jax.Array, jax.Array], k_BxTxNxK: jax.Array, v_BxTxNxK: jax.Array, at: jax.Array):
+    """The layer's cache, k and v [B, N, S, K], with T new keys and values written into slots at .. at+T-1. Slots
+    lie next to each other per head, so that the attention einsums read the cache in place (in [B, S, N, K], XLA on
+    CPU transposed the whole cache every decode step)."""
+    return tuple(
+        # [B, T, N, K] -> [B, N, T, K] into slots at .. at+T-1
+        constrain(
+            jax.lax.dynamic_update_slice_in_dim(c, new.transpose(0, 2, 1, 3).astype(c.dtype), at, axis=2), *CACHE_AXES
+        )
+        for c, new in zip(kv, (k_BxTxNxK, v_BxTxNxK))
+    )
+
+
+def cached_attention(q_BxTxHxK: jax.Array, k_BxNxSxK: jax.Array, v_BxNxSxK: jax.Array, allowed_BxTxS: jax.Array):
+    """Attention [B, T, H*K] of T queries over the cache's S slots, each reading only its allowed slots."""
+    B, T, H, K = q_BxTxHxK.shape
+    N = k_BxNxSxK.shape[1]
+    q_BxNxGxTxK = q_BxTxHxK.reshape(B, T, N, H // N, K).transpose(0, 2, 3, 1, 4)  # q head h reads kv head h // G
+    scores_BxNxGxTxS = jnp.einsum(
+        "BNGTK,BNSK->BNGTS", q_BxNxGxTxK, k_BxNxSxK, preferred_element_type=jnp.float32
+    ) / jnp.sqrt(jnp.float32(K))
+    scores_BxNxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxNxGxTxS, -jnp.inf)
+    probs_BxNxGxTxS = jax.nn.softmax(scores_BxNxGxTxS, axis=-1).astype(v_BxNxSxK.dtype)
+    y_BxNxGxTxK = jnp.einsum("BNGTS,BNSK->BNGTK", probs_BxNxGxTxS, v_BxNxSxK)
+    return y_BxNxGxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K)  # [B, N, G, T, K] -> [B, T, H*K]
+
+
 class CausalSelfAttention(nnx.Module):
     """q, k, v projections, rotary, optional qk-norm (after rotary, as Modalities), causal attention, c_proj."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, implementation: str, block: int | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, kernel: Kernel, rngs: nnx.Rngs):
         D, H, N, K, b = cfg.n_embd, cfg.n_head_q, cfg.n_head_kv, cfg.head_dim, cfg.use_bias
         std, out_std = init_stds(cfg)
         self.q_attn = Linear(D, H * K, ("embed", "heads"), use_bias=b, std=std, dtype=dtype, rngs=rngs)
@@ -120,14 +173,21 @@ class CausalSelfAttention(nnx.Module):
         self.q_norm = norm(cfg, K, dtype) if cfg.qk_norm else None
         self.k_norm = norm(cfg, K, dtype) if cfg.qk_norm else None
         self.n_head_q, self.n_head_kv, self.head_dim = H, N, K
-        self.implementation, self.block = implementation, block
+        self.kernel = kernel
 
-    def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None, kv=None, slots: Slots = None):
+        """(output [B, T, D], kv). Without a cache (kv None: training, evaluation) causal attention over the T tokens
+        through the model's kernel. With one (generation), the T new tokens' keys and values go into slots.at ..
+        of kv, the layer's (k, v) [B, N, S, K], and the queries attend over the cache; the updated kv comes back."""
         B, T, _ = x_BxTxD.shape
         q_BxTxHxK, k_BxTxNxK, v_BxTxNxK = self.qkv(x_BxTxD, rope)
         # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
-        y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, self.implementation, self.block)
-        return self.c_proj(y_BxTxHxK.reshape(B, T, -1))  # [B, T, H, K] -> [B, T, H*K]
+        if kv is None:
+            k = self.kernel
+            y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, k.implementation, k.query_block)
+            return self.c_proj(y_BxTxHxK.reshape(B, T, -1)), None  # [B, T, H, K] -> [B, T, H*K]
+        kv = write_kv(kv, k_BxTxNxK, v_BxTxNxK, slots.at)
+        return self.c_proj(cached_attention(q_BxTxHxK, *kv, slots.allowed_BxTxS)), kv
 
     def qkv(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None):
         """Queries [B, T, H, K] and keys, values [B, T, N, K]: projected, rotated, qk-normed."""
@@ -145,34 +205,6 @@ class CausalSelfAttention(nnx.Module):
         k_BxTxNxK = constrain(k_BxTxNxK, "batch", "seq", "kv_heads", None)
         v_BxTxNxK = constrain(v_BxTxNxK, "batch", "seq", "kv_heads", None)
         return q_BxTxHxK, k_BxTxNxK, v_BxTxNxK
-
-    def cached(self, x_BxTxD: jax.Array, rope, kv: tuple[jax.Array, jax.Array], at: jax.Array, allowed_BxTxS):
-        """Attention of T new tokens at cache slots at .. at+T-1: writes their k, v there, then attends over the cache.
-
-        kv: the layer's cache, k and v [B, N, S, K]: slots next to each other per head, so that both einsums read the
-        cache in place (in [B, S, N, K] XLA on CPU transposes the whole cache every step: 1.4x slower decoding at
-        batch 8). allowed_BxTxS: which slots each new token may read; an explicit mask, because is_causal=True aligns
-        the triangle to the top-left, where one query against S keys would see slot 0 only. Returns (output
-        [B, T, D], the updated kv)."""
-        B, T, _ = x_BxTxD.shape
-        H, N, K = self.n_head_q, self.n_head_kv, self.head_dim
-        q_BxTxHxK, k_BxTxNxK, v_BxTxNxK = self.qkv(x_BxTxD, rope)
-        k_BxNxSxK, v_BxNxSxK = (
-            constrain(
-                jax.lax.dynamic_update_slice_in_dim(c, new.transpose(0, 2, 1, 3).astype(c.dtype), at, axis=2),
-                *CACHE_AXES,
-            )  # [B, T, N, K] -> [B, N, T, K] into slots at .. at+T-1
-            for c, new in zip(kv, (k_BxTxNxK, v_BxTxNxK))
-        )
-        q_BxNxGxTxK = q_BxTxHxK.reshape(B, T, N, H // N, K).transpose(0, 2, 3, 1, 4)  # q head h reads kv head h // G
-        scores_BxNxGxTxS = jnp.einsum(
-            "BNGTK,BNSK->BNGTS", q_BxNxGxTxK, k_BxNxSxK, preferred_element_type=jnp.float32
-        ) / jnp.sqrt(jnp.float32(K))
-        scores_BxNxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxNxGxTxS, -jnp.inf)
-        probs_BxNxGxTxS = jax.nn.softmax(scores_BxNxGxTxS, axis=-1).astype(v_BxNxSxK.dtype)
-        y_BxNxGxTxK = jnp.einsum("BNGTS,BNSK->BNGTK", probs_BxNxGxTxS, v_BxNxSxK)
-        y_BxTxD = y_BxNxGxTxK.transpose(0, 3, 1, 2, 4).reshape(B, T, H * K)  # [B, N, G, T, K] -> [B, T, H*K]
-        return self.c_proj(y_BxTxD), (k_BxNxSxK, v_BxNxSxK)
 
     @staticmethod
     def num_params(cfg: ModelConfig) -> int:

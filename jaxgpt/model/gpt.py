@@ -17,13 +17,15 @@ and the embeddings, not on the attention probabilities, because the fused attent
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgpt.model.attention import ATTENTIONS, CACHE_AXES, attention_implementation, query_block
+from jaxgpt.errors import ConfigError
+from jaxgpt.model.attention import ATTENTIONS, CACHE_AXES, Kernel, Slots
 from jaxgpt.model.config import ModelConfig
-from jaxgpt.model.layers import MLPS, Embedding, dropout, lookup, norm, rope_at, rope_tables
+from jaxgpt.model.layers import MLPS, Embedding, dropout, lookup, norm, rope_at
 from jaxgpt.model.loss import vocab_logits
 from jaxgpt.sharding import constrain
 
@@ -36,123 +38,151 @@ REMAT = ("none", *REMAT_POLICIES)  # train.remat
 
 def check_remat(remat: str) -> None:
     if remat not in REMAT:
-        raise ValueError(f"train.remat={remat!r} must be one of {REMAT}")
+        raise ConfigError(f"train.remat={remat!r} must be one of {REMAT}")
+
+
+class KVCache(flax.struct.PyTreeNode):
+    """Generation's cache over S slots: each layer's keys and values, how many slots are written, and where each row's
+    real tokens start. Rows are left-padded, so one slot index serves every row; a row's positions (rotary, wpe)
+    count from its own first real slot."""
+
+    kv: list  # per layer, k and v [B, N, S, K] in the compute dtype
+    end: jax.Array  # int32 []: slots written so far; the next T tokens go into end .. end+T-1
+    first_B: jax.Array  # int32 [B]: the slot of each row's first real token (padding before it)
+
+    def positions(self, T: int) -> jax.Array:
+        """Positions [B, T] of the next T tokens in their rows (0 on padding)."""
+        return jnp.maximum(self.end + jnp.arange(T)[None, :] - self.first_B[:, None], 0)
+
+    def slots(self, T: int) -> Slots:
+        """Where the next T tokens go: a new token reads the slots from its row's first real one up to its own."""
+        S = self.kv[0][0].shape[2]
+        key_1x1xS, slot_1xTx1 = jnp.arange(S)[None, None, :], (self.end + jnp.arange(T))[None, :, None]
+        allowed_BxTxS = (key_1x1xS >= self.first_B[:, None, None]) & (key_1x1xS <= slot_1xTx1)
+        # a padding query reads nothing else; let it read itself, so its softmax row is not empty (its output is unused)
+        return Slots(self.end, allowed_BxTxS | (key_1x1xS == slot_1xTx1))
+
+    def grow(self, slots: int) -> KVCache:
+        """The same cache with `slots` slots in all (the new ones empty)."""
+        pad = ((0, 0), (0, 0), (0, slots - self.kv[0][0].shape[2]), (0, 0))
+        return self.replace(kv=[tuple(constrain(jnp.pad(c, pad), *CACHE_AXES) for c in kv) for kv in self.kv])
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, implementation: str, block: int | None, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, kernel: Kernel, rngs: nnx.Rngs):
         self.attention_norm = norm(cfg, cfg.n_embd, dtype)
-        attn = ATTENTIONS[cfg.attn]
-        self.attn = attn(cfg, dtype=dtype, implementation=implementation, block=block, rngs=rngs)
+        self.attn = ATTENTIONS[cfg.attn](cfg, dtype=dtype, kernel=kernel, rngs=rngs)
         self.ffn_norm = norm(cfg, cfg.n_embd, dtype)
         self.mlp = MLPS[cfg.mlp](cfg, dtype=dtype, rngs=rngs)
         self.rate = cfg.dropout
 
-    def __call__(self, x_BxTxD: jax.Array, rope, key: jax.Array | None) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, rope, key: jax.Array | None = None, kv=None, slots: Slots | None = None):
+        """(x [B, T, D], the layer's kv cache or None): pre-norm attention and MLP, each added to the residual."""
         attn_key, mlp_key = (None, None) if key is None else jax.random.split(key)
-        x_BxTxD = x_BxTxD + dropout(self.attn(self.attention_norm(x_BxTxD), rope), self.rate, attn_key)
+        y_BxTxD, kv = self.attn(self.attention_norm(x_BxTxD), rope, kv, slots)
+        x_BxTxD = x_BxTxD + dropout(y_BxTxD, self.rate, attn_key)
         x_BxTxD = x_BxTxD + dropout(self.mlp(self.ffn_norm(x_BxTxD)), self.rate, mlp_key)
-        return constrain(x_BxTxD, "batch", "seq", "act_embed")
-
-    def cached(self, x_BxTxD: jax.Array, rope, kv, at: jax.Array, allowed_BxTxS: jax.Array):
-        """__call__ for generation (no dropout): attention reads and extends the layer's kv cache."""
-        y_BxTxD, kv = self.attn.cached(self.attention_norm(x_BxTxD), rope, kv, at, allowed_BxTxS)
-        x_BxTxD = x_BxTxD + y_BxTxD
-        x_BxTxD = x_BxTxD + self.mlp(self.ffn_norm(x_BxTxD))
         return constrain(x_BxTxD, "batch", "seq", "act_embed"), kv
 
 
 class GPT(nnx.Module):
-    """Decoder-only transformer; tokens [B, T] -> float32 logits [B, T, V].
+    """Decoder-only transformer: tokens [B, T] -> float32 logits [B, T, V], through one forward path for training,
+    evaluation and generation (which passes a KVCache and gets it back).
 
-    platform: that of the devices it will run on ("cpu", "gpu"; default: JAX's default backend); it picks the
-    attention kernel."""
+    attention: train.attention's choice ("auto", "xla", "cudnn"), resolved for JAX's default backend; or a Kernel
+    chosen for the devices the model will run on (the train state's layout does that for its mesh)."""
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        *,
-        rngs: nnx.Rngs,
-        dtype=jnp.float32,
-        remat: str = "none",
-        attention: str = "auto",
-        platform: str | None = None,
-    ):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none", attention="auto"):
         check_remat(remat)
-        platform = jax.default_backend() if platform is None else platform
-        implementation = attention_implementation(attention, dtype, cfg.head_dim, backend=platform)
-        block = query_block(implementation, platform)
+        kernel = attention if isinstance(attention, Kernel) else Kernel.choose(attention, dtype, cfg.head_dim)
         self.cfg, self.dtype, self.remat = cfg, dtype, remat
         D, std = cfg.n_embd, cfg.init_std
         self.wte = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=std, rngs=rngs)
         # One assignment each: NNX fixes an attribute as data (a submodule) or static (None) when first set.
         learned, untied = cfg.pos_emb == "learned", not cfg.tie_embeddings
         self.wpe = Embedding(cfg.seq_len, D, ("norm", "embed"), std=std, rngs=rngs) if learned else None
-        self.h = nnx.List(
-            [Block(cfg, dtype=dtype, implementation=implementation, block=block, rngs=rngs) for _ in range(cfg.n_layer)]
-        )
+        self.h = nnx.List([Block(cfg, dtype=dtype, kernel=kernel, rngs=rngs) for _ in range(cfg.n_layer)])
         self.lm_head_norm = norm(cfg, D, dtype)
         self.lm_head = Embedding(cfg.vocab_size, D, ("vocab", "embed"), std=std, rngs=rngs) if untied else None
+
+    def __call__(
+        self,
+        tokens_BxT: jax.Array,
+        *,
+        cache: KVCache | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """Float32 logits [B, T, V]; with a cache, (logits, the cache holding these T tokens too)."""
+        out = self.hidden(tokens_BxT, cache=cache, deterministic=deterministic, rngs=rngs)
+        if cache is None:
+            return self.project(out)
+        h_BxTxD, cache = out
+        return self.project(h_BxTxD), cache
+
+    def hidden(
+        self,
+        tokens_BxT: jax.Array,
+        *,
+        cache: KVCache | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """Final-normed hidden states [B, T, D] in the compute dtype: everything but the vocab projection (the loss
+        fuses that with the cross-entropy). With a cache, (hidden states, the updated cache)."""
+        positions_BxT = None if cache is None else cache.positions(tokens_BxT.shape[1])
+        x_BxTxD = self.embed(tokens_BxT, positions_BxT)
+        h_BxTxD, cache = self.layers(x_BxTxD, positions_BxT, cache, self.dropout_keys(deterministic, rngs))
+        return h_BxTxD if cache is None else (h_BxTxD, cache)
 
     def embed(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None) -> jax.Array:
         """Token (plus learned position) embeddings [B, T, D] in the compute dtype; positions 0 .. T-1 by default."""
         T = tokens_BxT.shape[1]
         if T > self.cfg.seq_len:
-            raise ValueError(f"sequence length {T} exceeds the model's data.seq_len={self.cfg.seq_len}")
+            raise ConfigError(f"sequence length {T} exceeds the model's data.seq_len={self.cfg.seq_len}")
         x_BxTxD = lookup(self.wte.weight[...], tokens_BxT, self.dtype)
         if self.wpe is not None:
             wpe_TxD = self.wpe.weight[...].astype(self.dtype)
             x_BxTxD = x_BxTxD + (wpe_TxD[:T][None] if positions_BxT is None else wpe_TxD[positions_BxT])
         return constrain(x_BxTxD, "batch", "seq", "act_embed")
 
-    def decode(self, x_BxTxD: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Embeddings -> final-normed hidden states [B, T, D]: dropout, the blocks, lm_head_norm."""
-        cfg = self.cfg
-        keys = [None] * (cfg.n_layer + 1)
-        if not deterministic and cfg.dropout > 0.0:
-            if rngs is None:
-                raise ValueError(f"model.dropout={cfg.dropout} with deterministic=False needs nnx.Rngs(dropout=...)")
-            keys = list(jax.random.split(rngs.dropout(), cfg.n_layer + 1))
+    def layers(self, x_BxTxD: jax.Array, positions_BxT=None, cache: KVCache | None = None, keys=None):
+        """Embeddings -> final-normed hidden states [B, T, D]: dropout, the blocks, lm_head_norm. positions_BxT: each
+        token's position (None: 0 .. T-1); keys: n_layer + 1 dropout keys (None: no dropout). Returns (h, cache)."""
+        cfg, T = self.cfg, x_BxTxD.shape[1]
+        keys = [None] * (cfg.n_layer + 1) if keys is None else keys
         x_BxTxD = dropout(x_BxTxD, cfg.dropout, keys[-1])
-        rope = rope_tables(x_BxTxD.shape[1], cfg.head_dim, cfg.rope_base) if cfg.pos_emb == "rope" else None
+        rope = None
+        if cfg.pos_emb == "rope":  # cos, sin [T, K], or [B, T, K] when rows sit at their own positions
+            rope = rope_at(jnp.arange(T) if positions_BxT is None else positions_BxT, cfg.head_dim, cfg.rope_base)
+        slots = None if cache is None else cache.slots(T)
 
-        def run_block(block: Block, x_BxTxD: jax.Array, key: jax.Array | None) -> jax.Array:
-            return block(x_BxTxD, rope, key)
+        def run_block(block: Block, x_BxTxD: jax.Array, key, kv):
+            return block(x_BxTxD, rope, key, kv, slots)
 
         if self.remat != "none":
             run_block = nnx.remat(run_block, policy=REMAT_POLICIES[self.remat])
-        for block, key in zip(self.h, keys[:-1]):
-            x_BxTxD = run_block(block, x_BxTxD, key)
-        return self.lm_head_norm(x_BxTxD)
+        new_kv = []
+        for i, block in enumerate(self.h):
+            x_BxTxD, kv = run_block(block, x_BxTxD, keys[i], None if cache is None else cache.kv[i])
+            new_kv.append(kv)
+        if cache is not None:
+            cache = cache.replace(kv=new_kv, end=cache.end + T)
+        return self.lm_head_norm(x_BxTxD), cache
 
-    def hidden(self, tokens_BxT: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Final-normed hidden states [B, T, D] in the compute dtype: everything but the vocab projection."""
-        return self.decode(self.embed(tokens_BxT), deterministic=deterministic, rngs=rngs)
+    def dropout_keys(self, deterministic: bool, rngs: nnx.Rngs | None) -> list | None:
+        """n_layer + 1 dropout keys (the blocks', then the embeddings'), or None when nothing drops out."""
+        if deterministic or self.cfg.dropout == 0.0:
+            return None
+        if rngs is None:
+            raise ValueError(f"model.dropout={self.cfg.dropout} with deterministic=False needs nnx.Rngs(dropout=...)")
+        return list(jax.random.split(rngs.dropout(), self.cfg.n_layer + 1))
 
-    def init_cache(self, batch: int, slots: int) -> list[tuple[jax.Array, jax.Array]]:
-        """Empty kv cache: per layer, k and v [B, N, S, K] in the compute dtype."""
-        shape = (batch, self.cfg.n_head_kv, slots, self.cfg.head_dim)
-        return [tuple(constrain(jnp.zeros(shape, self.dtype), *CACHE_AXES) for _ in "kv") for _ in self.h]
-
-    def cached_hidden(self, tokens_BxT, positions_BxT, cache, at: jax.Array, first_B: jax.Array):
-        """Final-normed hidden states [B, T, D] of T new tokens written at cache slots at .. at+T-1, and the cache.
-
-        Row b holds its real tokens from slot first_B[b] on (left padding before it); a new token reads the slots from
-        first_B[b] up to its own. positions_BxT are the rows' real positions, which rotary and wpe follow."""
-        T, S = tokens_BxT.shape[1], cache[0][0].shape[2]
-        slot_T, key_S = at + jnp.arange(T), jnp.arange(S)
-        key_1x1xS, slot_1xTx1 = key_S[None, None, :], slot_T[None, :, None]
-        allowed_BxTxS = (key_1x1xS >= first_B[:, None, None]) & (key_1x1xS <= slot_1xTx1)
-        # a padding query reads nothing else; let it read itself, so its softmax row is not empty (its output is unused)
-        allowed_BxTxS |= key_1x1xS == slot_1xTx1
-        cfg = self.cfg
-        rope = rope_at(positions_BxT, cfg.head_dim, cfg.rope_base) if cfg.pos_emb == "rope" else None
-        x_BxTxD = self.embed(tokens_BxT, positions_BxT)
-        new_cache = []
-        for block, kv in zip(self.h, cache):
-            x_BxTxD, kv = block.cached(x_BxTxD, rope, kv, at, allowed_BxTxS)
-            new_cache.append(kv)
-        return self.lm_head_norm(x_BxTxD), new_cache
+    def init_cache(self, first_B: jax.Array, slots: int) -> KVCache:
+        """An empty cache of `slots` slots for rows whose real tokens start at slots first_B [B]."""
+        shape = (first_B.shape[0], self.cfg.n_head_kv, slots, self.cfg.head_dim)
+        kv = [tuple(constrain(jnp.zeros(shape, self.dtype), *CACHE_AXES) for _ in "kv") for _ in self.h]
+        return KVCache(kv=kv, end=jnp.int32(0), first_B=first_B)
 
     def project(self, h_BxTxD: jax.Array) -> jax.Array:
         """Hidden states -> float32 logits [B, T, V]."""
@@ -161,6 +191,3 @@ class GPT(nnx.Module):
     def head_weight(self) -> jax.Array:
         """The vocab projection [V, D] in float32: wte when tied, else lm_head."""
         return (self.wte if self.lm_head is None else self.lm_head).weight[...]
-
-    def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.project(self.hidden(tokens_BxT, deterministic=deterministic, rngs=rngs))

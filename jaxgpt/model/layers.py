@@ -47,7 +47,7 @@ class Linear(nnx.Module):
     def __call__(self, x_BxTxI: jax.Array) -> jax.Array:
         # One 2-D matmul over all rows: the kernel's gradient is then x^T @ dy on row-major [B*T, .] operands, which
         # XLA's CPU backend feeds to its GEMM as they are. From a 3-D einsum it first copied activations into
-        # transposed layouts, slowly (gpt60m CPU step: 21.4 -> 18.0 s with this). On GPU both are one cuBLAS call.
+        # transposed layouts, slowly (BENCHMARKS.md, "Choices"). On GPU both are one cuBLAS call.
         x_NxI = x_BxTxI.reshape(-1, x_BxTxI.shape[-1])  # [B, T, I] -> [B*T, I]
         if self.transposed:
             # [O, I] kernel rows against [N, I] rows into [O, N]; the barrier keeps XLA from folding the final transpose

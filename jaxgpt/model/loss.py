@@ -16,9 +16,9 @@ writes them, in the compute dtype, as the gradient matmuls' operand. That works 
 scale * (f exp_v / sum - [v = target]), f = 1 + 2 z lse, is exp_v times a per-row factor off the target, and a per-row
 factor commutes with both matmuls (it scales d h's rows after, and h's rows before, the d W matmul). The target's own
 entry, where f p - 1 cancels when p is near 1, is zeroed in that operand and added in float32 (d W: a scatter of one row
-per token). Writing the normalised gradient instead needs lse first, so a third pass: against that, gpt60m's batch-64
-step on an H200 went 37.6 -> 36.3 ms (BENCHMARKS.md), and with bf16 hidden states d W lands closer to float64, since
-its target rows no longer go through bf16.
+per token). Writing the normalised gradient instead needs lse first, so a third pass, which was slower on an H200
+(BENCHMARKS.md, "Choices"); and with bf16 hidden states d W lands closer to float64, since its target rows no longer
+go through bf16.
 
 Across chunks, d W is summed per batch shard ([S, V, D], S = the data x fsdp devices the rows are split over), so each
 device adds up only its own rows and the cross-device reduction happens once after the last chunk, not once per chunk.
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from jaxgpt.errors import ConfigError
 from jaxgpt.sharding import batch_shards, constrain
 
 
@@ -49,7 +50,7 @@ def _from_chunks(x_NxBxC: jax.Array) -> jax.Array:
 
 def check_chunks(T: int, chunks: int) -> None:
     if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1 or T % chunks:
-        raise ValueError(f"train.loss_chunks={chunks!r} must be a positive int that divides data.seq_len={T}")
+        raise ConfigError(f"train.loss_chunks={chunks!r} must be a positive int that divides data.seq_len={T}")
 
 
 def vocab_logits(h_BxTxD: jax.Array, w_VxD: jax.Array) -> jax.Array:

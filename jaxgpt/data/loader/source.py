@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxgpt.data.pbin import HEADER_BYTES, WIDTH_DTYPES, PackedDataError, read_header
+from jaxgpt.data.format.pbin import HEADER_BYTES, WIDTH_DTYPES, read_header
+from jaxgpt.errors import ConfigError, PackedDataError, check_int
 
 
 class PackedWindowSource:
@@ -38,15 +39,9 @@ class PackedWindowSource:
             paths = [paths]
         self.paths = tuple(os.fspath(p) for p in paths)
         if not self.paths:
-            raise ValueError("PackedWindowSource needs at least one .pbin path, got none")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
-        self.seq_len = int(seq_len)
-        if vocab_size is not None and (
-            isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1
-        ):
-            raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
-        self.vocab_size = vocab_size
+            raise ConfigError("PackedWindowSource needs at least one .pbin path, got none")
+        self.seq_len = int(check_int("seq_len", seq_len))
+        self.vocab_size = None if vocab_size is None else int(check_int("vocab_size", vocab_size))
 
         data_lens, widths, windows = [], [], []
         for path in self.paths:

@@ -18,13 +18,14 @@ Any of them tied or untied, MHA or GQA (GPT-2: kv heads repeated); none with qk-
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 
 import numpy as np
+
+from jaxgpt.errors import ExportError
+from jaxgpt.io import atomic_folder
 
 SUPPORTED = (
     "the options that export (qk_norm=False in all): norm layer/layer_no_bias + pos_emb rope/none + mlp swiglu +"
@@ -38,10 +39,6 @@ ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
 }
 DTYPES = ("float32", "bfloat16")  # export_hf.py --dtype
-
-
-class ExportError(ValueError):
-    """Options with no exact native class, or an HF model that jaxgpt's options cannot hold."""
 
 
 def model_type(m) -> str:
@@ -83,25 +80,31 @@ def hf_config(m, *, bos_id: int, eos_id: int, pad_id: int, dtype: str = "float32
         "dtype": dtype,
         "torch_dtype": dtype,  # the name before transformers 4.56, which vLLM and older readers look for
     }
-    if kind == "gpt2":
-        return {
-            **common,
-            "n_embd": m.n_embd,
-            "n_layer": m.n_layer,
-            "n_head": m.n_head_q,
-            "n_inner": m.mlp_hidden,
-            "n_positions": m.seq_len,
-            "layer_norm_epsilon": m.norm_eps,
-            "activation_function": "gelu",
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
-            "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False,
-            "reorder_and_upcast_attn": False,
-        }
+    return {**common, **(_gpt2_config(m) if kind == "gpt2" else _rotary_config(m, kind))}
+
+
+def _gpt2_config(m) -> dict:
+    """GPT2Config's fields for options `m`: learned or no positions, exact GELU, no dropout."""
+    return {
+        "n_embd": m.n_embd,
+        "n_layer": m.n_layer,
+        "n_head": m.n_head_q,
+        "n_inner": m.mlp_hidden,
+        "n_positions": m.seq_len,
+        "layer_norm_epsilon": m.norm_eps,
+        "activation_function": "gelu",
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+    }
+
+
+def _rotary_config(m, kind: str) -> dict:
+    """The fields of the rotary classes (Llama, StableLM, Starcoder2) for options `m`."""
     layers = {
-        **common,
         "hidden_size": m.n_embd,
         "num_hidden_layers": m.n_layer,
         "num_attention_heads": m.n_head_q,
@@ -414,7 +417,7 @@ def write_folder(
     generation = {"bos_token_id": eod, "eos_token_id": eod, "pad_token_id": eod}
     if real_vocab < m.vocab_size:
         generation["suppress_tokens"] = list(range(real_vocab, m.vocab_size))
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, "--out") as tmp:
         safetensors.numpy.save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         write_json(os.path.join(tmp, "config.json"), config)
         write_json(os.path.join(tmp, "generation_config.json"), generation)
@@ -444,29 +447,6 @@ def write_json(path: str, value: dict) -> None:
         f.write("\n")
 
 
-@contextlib.contextmanager
-def atomic_folder(out: str) -> Iterator[str]:
-    """A temporary folder next to `out`, renamed to it when the block completes and removed if it fails."""
-    out = os.path.abspath(out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ExportError(f"--out={out}: exists and is not an empty folder; pick a new one or remove it")
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(out)}.{os.getpid()}.tmp")
-        os.makedirs(tmp)
-    except OSError as e:
-        raise ExportError(f"--out={out}: cannot create it ({e.strerror})") from None
-    try:
-        yield tmp
-        if os.path.isdir(out):
-            os.rmdir(out)  # empty, checked above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def read_folder(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json, float32 tensors) of an HF model folder with one or several .safetensors files."""
     import ml_dtypes
@@ -490,40 +470,3 @@ def read_folder(path: str) -> tuple[dict, dict[str, np.ndarray]]:
             raise ExportError(f"{path}/{name}: not readable safetensors ({type(e).__name__}: {e})") from None
     del ml_dtypes  # imported for its dtype registration with numpy
     return config, tensors
-
-
-def export_workdir(
-    workdir: str,
-    out: str,
-    *,
-    step: int | None = None,
-    dtype: str = "float32",
-    tokenizer_file: str | None = None,
-    eod_token: str = "<|endoftext|>",
-) -> None:
-    """tools/export_hf.py: the newest (or `step`'s) checkpoint of a jaxgpt workdir -> an HF folder at `out`. The
-    tokenizer is `tokenizer_file`, else the run's copy DIR/tokenizer.json, else its config's data.tokenizer_file."""
-    from flax import nnx
-
-    from jaxgpt import checkpoint, warmstart
-    from jaxgpt.model import ModelConfig
-
-    if dtype not in DTYPES:  # before the checkpoint is read
-        raise ExportError(f"--dtype={dtype!r} must be one of {DTYPES}")
-    model, cfg = checkpoint.load(workdir, step)
-    m = ModelConfig.from_config(cfg)
-    model_type(m)  # options without a native class fail before the weights are copied off the device
-    tokenizer_file = tokenizer_file or run_tokenizer(workdir, cfg)
-    params = warmstart.flat_params(nnx.state(model, nnx.Param))
-    write_folder(out, params, m, tokenizer_file=tokenizer_file, eod_token=eod_token, dtype=dtype)
-
-
-def run_tokenizer(workdir: str, cfg) -> str:
-    """The tokenizer a run trained with: its copy DIR/tokenizer.json, else its config's data.tokenizer_file."""
-    from jaxgpt import checkpoint
-
-    recorded = checkpoint.tokenizer_path(workdir)
-    path = recorded if os.path.isfile(recorded) else cfg.data.get("tokenizer_file", "")
-    if not path or not os.path.isfile(path):
-        raise ExportError(f"{workdir}: no tokenizer found (tried {recorded} and {path!r}); pass --tokenizer_file")
-    return path

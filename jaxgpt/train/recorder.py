@@ -8,31 +8,34 @@ or evaluates.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import secrets
 import time
 import warnings
-from typing import TYPE_CHECKING
 
 import jax
-import ml_collections
 from tqdm import tqdm
 
-from jaxgpt.data.atomic import atomic_output
-
-if TYPE_CHECKING:
-    from jaxgpt.checkpoint import Checkpointer
-    from jaxgpt.train import Setup
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose with a message for the user (a non-finite loss)."""
+from jaxgpt import rundir
+from jaxgpt.config import WandbConfig
+from jaxgpt.distributed import is_lead
+from jaxgpt.errors import TrainingStopped
+from jaxgpt.io import atomic_output
 
 
-def is_lead() -> bool:
-    return jax.process_index() == 0
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """Which steps the recorder logs, and what a step is worth for throughput and MFU."""
+
+    num_steps: int  # the run's planned steps (the progress bar's total)
+    end_step: int  # the last step this process runs: always logged
+    log_every: int  # train.log_every
+    tokens_per_step: int
+    flops_per_token: float
+    peak_flops: float  # of all devices together, for MFU
 
 
 class MetricsLog:
@@ -74,9 +77,9 @@ def _event_step(line: str) -> float:
 class Wandb:
     """W&B logging that can never stop training: any failure warns once and turns it off."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, resolved: dict):
+    def __init__(self, cfg: WandbConfig, workdir: str, resolved: dict):
         self._run = None
-        if not is_lead() or cfg.wandb.mode == "disabled":  # train.make_plan checked the mode
+        if not is_lead() or cfg.mode == "disabled":
             return
         try:
             import wandb
@@ -86,9 +89,9 @@ class Wandb:
             with open(id_file, "w") as f:
                 f.write(run_id)
             self._run = wandb.init(
-                project=cfg.wandb.project,
-                name=cfg.wandb.name or None,
-                mode=cfg.wandb.mode,
+                project=cfg.project,
+                name=cfg.name or None,
+                mode=cfg.mode,
                 dir=workdir,
                 id=run_id,
                 resume="allow",
@@ -123,15 +126,19 @@ class Recorder(contextlib.ExitStack):
     """A run's metrics.jsonl, W&B run and progress bar; `last` holds the newest train and eval events. Close it (or
     leave its `with` block) to close all three."""
 
-    def __init__(self, run: Setup, resolved: dict, start_step: int, checkpoints: Checkpointer):
+    def __init__(
+        self, workdir: str, cadence: Cadence, wandb: WandbConfig, resolved: dict, start_step: int, checkpoints
+    ):
+        """resolved: the run's config.json, for W&B; checkpoints: the Checkpointer, which names the newest good one."""
         super().__init__()
-        self.run, self.checkpoints = run, checkpoints
-        self.metrics = MetricsLog(os.path.join(run.workdir, "metrics.jsonl"), start_step)
+        self.cadence, self.checkpoints = cadence, checkpoints
+        self.metrics = MetricsLog(rundir.path(workdir, rundir.METRICS), start_step)
         self.callback(self.metrics.close)
-        self.wandb = Wandb(run.cfg, run.workdir, resolved)
+        self.wandb = Wandb(wandb, workdir, resolved)
         self.callback(self.wandb.close)
-        total, lead = run.plan.num_steps, is_lead()
-        self.bar = tqdm(total=total, initial=start_step, disable=not lead, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=cadence.num_steps, initial=start_step, disable=not is_lead(), unit="step", dynamic_ncols=True
+        )
         self.callback(self.bar.close)
         self.last = {"train": None, "eval": None}
         self._since = (time.perf_counter(), start_step)  # throughput is measured from here
@@ -142,12 +149,13 @@ class Recorder(contextlib.ExitStack):
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise self._nonfinite(done, m)
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
-        if done % self.run.cfg.train.log_every and done != self.run.end_step:
+        c = self.cadence
+        if done % c.log_every and done != c.end_step:
             return
         now = time.perf_counter()
-        tokens_per_s = (done - self._since[1]) * self.run.plan.tokens_per_step / max(now - self._since[0], 1e-9)
+        tokens_per_s = (done - self._since[1]) * c.tokens_per_step / max(now - self._since[0], 1e-9)
         self._since = (now, done)
-        mfu = tokens_per_s * self.run.flops_per_token / self.run.peak_flops
+        mfu = tokens_per_s * c.flops_per_token / c.peak_flops
         event = {"event": "train", "step": done, **m, "tokens_per_s": tokens_per_s, "mfu": mfu, "time": time.time()}
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         self._emit("train", event)

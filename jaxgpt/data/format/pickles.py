@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from jaxgpt.data.errors import PackedDataError
+from jaxgpt.errors import PackedDataError
 
 
 class _PairsUnpickler(pickle.Unpickler):

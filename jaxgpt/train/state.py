@@ -1,7 +1,7 @@
 """The train state in one place: its config, its structure and shardings on a mesh, its init, and the model it holds.
 
 `StateLayout.build(cfg, mesh)` runs once per run; the train and eval steps, the checkpointer and `checkpoint.load`
-(and next, generation and export) all take that one layout. Nothing here imports the train step.
+(and through it generation and export) all take that one layout. Nothing here imports the train step.
 """
 
 from __future__ import annotations
@@ -16,55 +16,52 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxgpt import config
+from jaxgpt.config import TrainConfig
+from jaxgpt.errors import ConfigError, check_int
 from jaxgpt.model import GPT, ModelConfig
-from jaxgpt.model.attention import check_kernel
+from jaxgpt.model.attention import Kernel, check_kernel
 from jaxgpt.model.gpt import check_remat
 from jaxgpt.model.loss import check_chunks
-from jaxgpt.optim import OptimConfig, make_optimizer
 from jaxgpt.sharding import LOGICAL_AXIS_RULES
+from jaxgpt.train.optim import OptimConfig, make_optimizer
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 AUTO_DTYPE = {"cpu": "float32"}  # train.compute_dtype="auto": CPUs emulate bfloat16 matmuls slowly; bfloat16 elsewhere
-_NOT_KNOBS = ("model", "optim", "num_steps")  # StepConfig's fields that are not train.* knobs
 
 
 @dataclasses.dataclass(frozen=True)
-@config.knob_defaults("train", skip=_NOT_KNOBS)
 class StepConfig:
-    """What the train state and the step compute with; the train.* fields default to configs/base.py's knobs."""
+    """What the train state and the step compute with: the model, the optimizer and the train.* knobs of the step
+    (their defaults are TrainConfig's)."""
 
     model: ModelConfig
     optim: OptimConfig
     num_steps: int  # total optimizer steps (for the lr schedule), resolved by the caller (train.num_steps may be None)
-    grad_accum: int
-    compute_dtype: str  # a key of DTYPES, or "auto" until `resolved` (StateLayout.build) picks one for the platform
-    remat: str  # "none" | a key of model.gpt.REMAT_POLICIES
-    z_loss: float
-    loss_chunks: int  # pieces of T the fused vocab projection + cross-entropy walks through (model/loss.py)
-    attention: str  # "auto" | "xla" | "cudnn": implementation of jax.nn.dot_product_attention
+    grad_accum: int = TrainConfig.grad_accum
+    compute_dtype: str = TrainConfig.compute_dtype  # a key of DTYPES, or "auto" until `resolved` picks one
+    remat: str = TrainConfig.remat  # "none" | a key of model.gpt.REMAT_POLICIES
+    z_loss: float = TrainConfig.z_loss
+    loss_chunks: int = TrainConfig.loss_chunks  # pieces of T the fused vocab projection + cross-entropy walks
+    attention: str = TrainConfig.attention  # "auto" | "xla" | "cudnn": implementation of dot_product_attention
 
     def __post_init__(self):
-        if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
-            raise ValueError(f"train.num_steps={self.num_steps!r} must be a positive int")
-        if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum={self.grad_accum!r} must be a positive int")
+        check_int("train.num_steps", self.num_steps)
+        check_int("train.grad_accum", self.grad_accum)
         if self.compute_dtype not in (*DTYPES, "auto"):
-            raise ValueError(f"train.compute_dtype={self.compute_dtype!r} must be one of {(*DTYPES, 'auto')}")
+            raise ConfigError(f"train.compute_dtype={self.compute_dtype!r} must be one of {(*DTYPES, 'auto')}")
         check_remat(self.remat)
         if not self.z_loss >= 0.0:
-            raise ValueError(f"train.z_loss={self.z_loss!r} must be >= 0")
+            raise ConfigError(f"train.z_loss={self.z_loss!r} must be >= 0")
         check_chunks(self.model.seq_len, self.loss_chunks)
         check_kernel(self.attention)
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict, num_steps: int) -> StepConfig:
-        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch). A train.*
-        knob the config lacks takes its default."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_KNOBS]
-        knobs = {name: cfg.train[name] for name in names if name in cfg.train}
-        if "z_loss" in knobs:
-            knobs["z_loss"] = float(knobs["z_loss"])  # one type, so that 0 and 0.0 compile the step once
+        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch)."""
+        train = TrainConfig.from_config(cfg)
+        names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(train)}
+        knobs = {name: getattr(train, name) for name in names - {"num_steps"}}
+        knobs["z_loss"] = float(knobs["z_loss"])  # one type, so that 0 and 0.0 compile the step once
         return cls(ModelConfig.from_config(cfg), OptimConfig.from_config(cfg), num_steps, **knobs)
 
     def resolved(self, platform: str) -> StepConfig:
@@ -131,7 +128,9 @@ class StateLayout:
 
 
 def _model(cfg: StepConfig, rngs: nnx.Rngs, platform: str) -> GPT:
-    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention, platform=platform)
+    """The model for devices of `platform`: the attention kernel is chosen for them, not for JAX's default backend."""
+    kernel = Kernel.choose(cfg.attention, cfg.dtype, cfg.model.head_dim, platform)
+    return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=kernel)
 
 
 def _init(cfg: StepConfig, seed: int, platform: str) -> TrainState:
@@ -148,7 +147,7 @@ def _check_divisible(path, leaf: jax.ShapeDtypeStruct, sharding: jax.sharding.Na
         shards = math.prod(sharding.mesh.shape[a] for a in axes)
         if size % shards:
             mesh_sizes = ", ".join(f"mesh.{a}={sharding.mesh.shape[a]}" for a in axes)
-            raise ValueError(
+            raise ConfigError(
                 f"{jax.tree_util.keystr(path, simple=True, separator='.').removesuffix('.value')} has size {size} in"
                 f" dim {dim}, which {mesh_sizes} does not divide; pick mesh sizes that divide the model's heads, widths"
                 " and vocab"
@@ -161,4 +160,4 @@ def _check_heads(model: ModelConfig, mesh) -> None:
     tensor = mesh.shape["tensor"]
     for key, heads in (("model.n_head_q", model.n_head_q), ("model.n_head_kv", model.n_head_kv)):
         if heads % tensor:
-            raise ValueError(f"{key}={heads} is not divisible by mesh.tensor={tensor}, which splits attention heads")
+            raise ConfigError(f"{key}={heads} is not divisible by mesh.tensor={tensor}, which splits attention heads")

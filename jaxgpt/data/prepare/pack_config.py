@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxgpt.data.errors import PackedDataError
+from jaxgpt.errors import PackedDataError
 
 _REQUIRED = ("src_path", "jq_pattern", "eod_token")
 _PIPELINE_SIZES = ("processing_batch_size", "raw_samples_queue_size", "processed_samples_queue_size")
@@ -125,7 +125,7 @@ def tokenizer_file(config: dict, path: str) -> tuple[str, list[str]]:
 
 def pack_from_config(config_path: str | os.PathLike, file_existence_policy: str = "error", progress: bool = True):
     """Runs pack.pack_jsonl as the YAML says; returns its PackReport, or None when skipped by the policy."""
-    from jaxgpt.data.pack import pack_jsonl
+    from jaxgpt.data.prepare.pack import pack_jsonl
     from jaxgpt.data.tokenize import load_tokenizer
 
     path = os.fspath(config_path)

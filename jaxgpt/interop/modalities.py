@@ -13,7 +13,9 @@ import os
 
 import numpy as np
 
-from jaxgpt import hf
+from jaxgpt.errors import ExportError
+from jaxgpt.interop import hf
+from jaxgpt.io import atomic_folder
 
 # GPT2LLMConfig's validator: these must be multiples of 128
 _MULTIPLE_OF_128 = ("n_embd", "ffn_hidden", "vocab_size")
@@ -46,9 +48,9 @@ def model_config(m) -> dict:
     """The `gpt2` component's config (GPT2LLMConfig) for jaxgpt options `m`."""
     bad = [f"model.{k}={getattr(m, k)}" for k in _MULTIPLE_OF_128 if getattr(m, k) % 128]
     if bad:
-        raise hf.ExportError(f"Modalities' GPT2LLM needs multiples of 128, so {', '.join(bad)} cannot export")
+        raise ExportError(f"Modalities' GPT2LLM needs multiples of 128, so {', '.join(bad)} cannot export")
     if m.pos_emb == "rope" and m.rope_base != int(m.rope_base):
-        raise hf.ExportError(f"model.rope_base={m.rope_base}: Modalities' RotaryTransform takes an integer base_freq")
+        raise ExportError(f"model.rope_base={m.rope_base}: Modalities' RotaryTransform takes an integer base_freq")
     if m.pos_emb == "rope":
         rotary = {"n_embd": m.n_embd, "n_head": m.n_head_q, "seq_length_dim": -2, "base_freq": int(m.rope_base)}
         transform = {"type_hint": "RotaryTransform", "config": rotary}
@@ -148,37 +150,14 @@ def write_folder(
     model = {"model": {"component_key": "model", "variant_key": "gpt2", "config": model_config(m)}}
     eod, real_vocab = hf.special_ids(tokenizer_file, eod_token)
     if real_vocab > m.vocab_size:
-        raise hf.ExportError(f"{tokenizer_file}: {real_vocab} tokens do not fit model.vocab_size={m.vocab_size}")
+        raise ExportError(f"{tokenizer_file}: {real_vocab} tokens do not fit model.vocab_size={m.vocab_size}")
     generation = text_generation_config(m, eod_token=eod_token, prompt=prompt)
     tensors = {k: torch.from_numpy(v.copy()) for k, v in state_dict(params, m).items()}
     if m.tie_embeddings:  # one tensor under both keys, as a tied GPT2LLM's own state dict holds it
         tensors["transformer.lm_head.weight"] = tensors["transformer.wte.weight"]
-    with hf.atomic_folder(out) as tmp:
+    with atomic_folder(out, "--out") as tmp:
         torch.save(tensors, os.path.join(tmp, "model.bin"))
         for name, config in (("model_config.yaml", model), ("text_generation.yaml", generation)):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
         hf.write_tokenizer(tmp, tokenizer_file, eod_token, eod, m.seq_len)
-
-
-def export_workdir(
-    workdir: str,
-    out: str,
-    *,
-    step: int | None = None,
-    tokenizer_file: str | None = None,
-    eod_token: str = "<|endoftext|>",
-    prompt: str = "Once upon a time",
-) -> None:
-    """tools/export_modalities.py: a jaxgpt workdir's newest (or `step`'s) checkpoint -> a Modalities folder."""
-    from flax import nnx
-
-    from jaxgpt import checkpoint, warmstart
-    from jaxgpt.model import ModelConfig
-
-    model, cfg = checkpoint.load(workdir, step)
-    m = ModelConfig.from_config(cfg)
-    model_config(m)  # options Modalities cannot hold fail before the weights are copied off the device
-    tokenizer_file = tokenizer_file or hf.run_tokenizer(workdir, cfg)
-    params = warmstart.flat_params(nnx.state(model, nnx.Param))
-    write_folder(out, params, m, tokenizer_file=tokenizer_file, eod_token=eod_token, prompt=prompt)

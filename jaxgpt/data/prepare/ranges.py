@@ -22,9 +22,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.errors import PackedDataError
-from jaxgpt.data.pickles import write_pairs
+from jaxgpt.data.format.pickles import write_pairs
+from jaxgpt.errors import PackedDataError
+from jaxgpt.io import atomic_output
 
 DEFAULT_BUFFER_BYTES = 8 << 20  # the fallback copy's buffer, and the block of `line_ranges`' scan
 _BLOCK_RANGES = 1 << 16  # ranges turned into Python ints at a time: 3 x 65,536 ints, never the whole index

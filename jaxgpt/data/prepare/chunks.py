@@ -35,11 +35,11 @@ import sys
 
 import numpy as np
 
-from jaxgpt.data.errors import PackedDataError
-from jaxgpt.data.index import check_output
-from jaxgpt.data.pbin import HEADER_BYTES, read_pbin
-from jaxgpt.data.ranges import DEFAULT_BUFFER_BYTES, copy_to_file, copy_to_pbin, line_ranges
-from jaxgpt.data.shuffle import draw_seed, refuse_same_file
+from jaxgpt.data.format.pbin import HEADER_BYTES, read_pbin
+from jaxgpt.data.prepare.index import check_output
+from jaxgpt.data.prepare.ranges import DEFAULT_BUFFER_BYTES, copy_to_file, copy_to_pbin, line_ranges
+from jaxgpt.data.prepare.shuffle import draw_seed, refuse_same_file
+from jaxgpt.errors import ConfigError, PackedDataError, check_int
 
 
 def chunk_range(num_items: int, num_chunks: int, chunk_id: int) -> tuple[int, int]:
@@ -93,12 +93,9 @@ def read_file_list(list_path: str | os.PathLike, root: str | os.PathLike, suffix
 
 
 def _check_chunk_args(chunk_id: int, num_chunks: int) -> None:
-    if num_chunks < 1:
-        raise PackedDataError(f"--num_chunks must be at least 1, got {num_chunks}")
+    check_int("--num_chunks", num_chunks)
     if not 0 <= chunk_id < num_chunks:
-        raise PackedDataError(
-            f"--chunk_id must be in 0..{num_chunks - 1} for --num_chunks {num_chunks}, got {chunk_id}"
-        )
+        raise ConfigError(f"--chunk_id must be in 0..{num_chunks - 1} for --num_chunks {num_chunks}, got {chunk_id}")
 
 
 def _prepare(dst: str, list_path: str, paths: list[str], chunk_id: int, num_chunks: int, policy: str) -> bool:

@@ -25,7 +25,8 @@ import sys
 
 import numpy as np
 
-from jaxgpt.data.pbin import PackedDataError, write_idx
+from jaxgpt.data.format.pbin import write_idx
+from jaxgpt.errors import PackedDataError
 
 FILE_EXISTENCE_POLICIES = ("error", "skip", "override")
 EMPTY_LINE = "empty line"

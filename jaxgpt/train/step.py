@@ -15,9 +15,9 @@ import optax
 from flax import nnx
 
 from jaxgpt.model.loss import lm_loss, token_losses
-from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.sharding import batch_sharding, constrain, logical_spec
-from jaxgpt.state import StateLayout, TrainState
+from jaxgpt.train.optim import lr_schedule, make_optimizer
+from jaxgpt.train.state import StateLayout, TrainState
 
 
 def _hidden(layout: StateLayout, params, inputs_BxT, dropout_key) -> tuple[jax.Array, jax.Array]:
@@ -37,8 +37,7 @@ def _split_micro(x_GxT: jax.Array, accum: int) -> jax.Array:
 
 # XLA's CPU backend runs matmuls through YNNPACK and by default also pulls the elementwise ops and reductions next
 # to a dot into the same YNNPACK call. Those fused calls ran slower than XLA's own loops, worst for the exp-sum over
-# the logits in the fused loss (~1.7x slower). "Individual dots" keeps YNNPACK for the matmuls alone. gpt60m float32
-# step on the 2-core dev box, A/B in one process: 23.9 -> 21.4 s (see BENCHMARKS.md).
+# the logits in the fused loss. "Individual dots" keeps YNNPACK for the matmuls alone (BENCHMARKS.md, "Choices").
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 

@@ -43,8 +43,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.index import (
+from jaxgpt.data.format.pbin import WIDTH_DTYPES, PbinWriter, read_idx_array
+from jaxgpt.data.prepare.index import (
     EMPTY_LINE,
     JsonlError,
     LineFault,
@@ -55,8 +55,9 @@ from jaxgpt.data.index import (
     json_fault,
     parse_json,
 )
-from jaxgpt.data.pbin import WIDTH_DTYPES, PackedDataError, PbinWriter, read_idx_array
 from jaxgpt.data.tokenize import Tokenizer, load_tokenizer
+from jaxgpt.errors import PackedDataError, check_int
+from jaxgpt.io import atomic_output
 
 _SIMPLE_PATH = re.compile(r"(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -350,9 +351,7 @@ def _check_num_processes(num_processes: int | None) -> int:
     """The number of worker processes: all CPUs when None; 0 or less is refused."""
     if num_processes is None:
         return os.cpu_count() or 1
-    if num_processes < 1:  # 0 must not quietly mean "all CPUs"
-        raise PackedDataError(f"--num_processes must be at least 1, got {num_processes}")
-    return num_processes
+    return check_int("--num_processes", num_processes)  # 0 must not quietly mean "all CPUs"
 
 
 def _load_tokenizer_with_eod(tokenizer_file: str | os.PathLike, backend: str, eod_token: str) -> tuple[Tokenizer, int]:

@@ -7,45 +7,39 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from jaxgpt import config
+from jaxgpt.errors import ConfigError, check_int
+from jaxgpt.knobs import Section
 
 
 @dataclasses.dataclass(frozen=True)
-@config.knob_defaults("optim")
-class OptimConfig:
-    lr: float
-    min_lr_ratio: float
-    warmup_steps: int
-    b1: float
-    b2: float
-    eps: float
-    weight_decay: float
-    clip_norm: float
+class OptimConfig(Section):
+    SECTION = "optim"
+
+    lr: float = 3e-4  # peak learning rate after warmup
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 100  # lr rises linearly to `lr` at step W (lr * s / W at the s-th step); at most 10% of the run
+    b1: float = 0.9  # AdamW beta1
+    b2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # decoupled, on linear kernels and an untied lm_head; not on wte, wpe, norms or biases
+    clip_norm: float = 1.0  # global gradient-norm clip (0 disables)
 
     def __post_init__(self):
-        checks = {
-            "lr": self.lr > 0,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-            "warmup_steps": isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
-            "b1": 0 <= self.b1 < 1,
-            "b2": 0 <= self.b2 < 1,
-            "eps": self.eps > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "clip_norm": self.clip_norm >= 0,
+        check_int("optim.warmup_steps", self.warmup_steps, minimum=0)
+        rules = {
+            "lr": ("> 0", self.lr > 0),
+            "min_lr_ratio": ("in [0, 1]", 0 <= self.min_lr_ratio <= 1),
+            "b1": ("in [0, 1)", 0 <= self.b1 < 1),
+            "b2": ("in [0, 1)", 0 <= self.b2 < 1),
+            "eps": ("> 0", self.eps > 0),
+            "weight_decay": (">= 0", self.weight_decay >= 0),
+            "clip_norm": (">= 0 (0 disables)", self.clip_norm >= 0),
         }
-        rules = {"lr": "> 0", "min_lr_ratio": "in [0, 1]", "warmup_steps": "an int >= 0", "b1": "in [0, 1)"}
-        rules |= {"b2": "in [0, 1)", "eps": "> 0", "weight_decay": ">= 0", "clip_norm": ">= 0 (0 disables)"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"optim.{name}={getattr(self, name)!r} must be {rules[name]}")
-
-    @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict) -> OptimConfig:
-        """From the root config's optim section (a missing key takes its default)."""
-        return config.from_section(cls, cfg, "optim")
+        for name, (rule, holds) in rules.items():
+            if not holds:
+                raise ConfigError(f"optim.{name}={getattr(self, name)!r} must be {rule}")
 
 
 def warmup_steps(cfg: OptimConfig, num_steps: int) -> int:

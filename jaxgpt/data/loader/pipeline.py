@@ -31,22 +31,23 @@ import jax
 import numpy as np
 from grain.experimental import index_shuffle
 
-from jaxgpt.data.source import PackedWindowSource
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.errors import ConfigError, check_int
 
 _MAX_STEPS = 2**62  # "infinite": Grain's MapDataset needs a length
-# Up to this many windows an epoch's permutation is materialised (4 bytes a window, 64 MiB and ~1 s at the limit):
-# Grain's index_shuffle costs ~30 us per window at N = 1535 and ~5 ms at N = 8 (it cycle-walks a larger domain),
-# far below the loader's speed target, but stays O(1) in memory for the huge datasets above the limit.
+# Up to this many windows an epoch's permutation is materialised (4 bytes a window, 64 MiB at the limit): Grain's
+# index_shuffle cycle-walks a larger domain for small N, far below the loader's speed target there (BENCHMARKS.md,
+# "Choices"), but stays O(1) in memory for the huge datasets above the limit.
 PERMUTATION_MAX_WINDOWS = 2**24
 
 
 def steps_per_epoch(source: Sized | int, global_batch_size: int) -> int:
     """Full global batches per epoch: N // G, like Modalities (drop_last). Raises if not even one batch fits."""
     num_windows = int(source) if isinstance(source, (int, np.integer)) else len(source)
-    _check_positive("global_batch_size", global_batch_size)
+    check_int("global_batch_size", global_batch_size)
     steps = num_windows // global_batch_size
     if steps < 1:
-        raise ValueError(
+        raise ConfigError(
             f"{_describe(source)} has {num_windows} windows, fewer than one global batch of {global_batch_size};"
             " lower the batch size or data.seq_len, or add data"
         )
@@ -72,9 +73,11 @@ def _epoch_permutation(num_windows: int, seed: int, epoch: int) -> np.ndarray:
 
 def process_rows(global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
     """Rows [start, stop) of every global batch that host `process_index` of `process_count` feeds."""
-    _check_positive("global_batch_size", global_batch_size)
+    check_int("global_batch_size", global_batch_size)
     if global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the process count {process_count}")
+        raise ConfigError(
+            f"global batch size {global_batch_size} is not divisible by the process count {process_count}"
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is out of range for {process_count} processes")
     per_host = global_batch_size // process_count
@@ -126,15 +129,15 @@ def host_train_dataset(
 ) -> grain.MapDataset:
     """Element i = rows `rows` of global training batch start_step + i: numpy int32 [B, S] "inputs" and "targets"."""
     steps_per_epoch(source, global_batch_size)  # validates before any thread starts
-    _check_non_negative("data.seed", seed)
-    _check_non_negative("start_step", start_step)
+    check_int("data.seed", seed, minimum=0)
+    check_int("start_step", start_step, minimum=0)
     train_rows = _TrainRows(source, global_batch_size, int(seed), rows)
     return grain.MapDataset.range(int(start_step), _MAX_STEPS).map(train_rows)
 
 
 def host_eval_dataset(source: PackedWindowSource, *, global_batch_size: int, rows: tuple[int, int]) -> grain.MapDataset:
     """Element b = host rows `rows` of eval batch b (of ceil(N / G)), numpy "inputs"/"targets" int32, "mask" float32."""
-    _check_positive("global_batch_size", global_batch_size)
+    check_int("global_batch_size", global_batch_size)
     num_batches = math.ceil(len(source) / global_batch_size)
     return grain.MapDataset.range(num_batches).map(_EvalRows(source, global_batch_size, rows))
 
@@ -145,7 +148,7 @@ class Batches(Iterator[dict[str, jax.Array]]):
     def __init__(
         self, host: grain.MapDataset, sharding: jax.sharding.NamedSharding, global_batch_size: int, prefetch: int
     ):
-        _check_non_negative("prefetch", prefetch)
+        check_int("prefetch", prefetch, minimum=0)
         to_global = functools.partial(_to_global, sharding=sharding, global_batch_size=global_batch_size)
         # One Grain thread reads host rows and builds the global arrays, keeping `prefetch` batches ahead of the
         # consumer. No extra read threads: batches are one vectorised gather each, and Grain's per-element thread
@@ -219,11 +222,11 @@ def data_parallel_size(sharding: jax.sharding.NamedSharding) -> int:
 
 def host_rows(sharding: jax.sharding.NamedSharding, global_batch_size: int) -> tuple[int, int]:
     """Rows [h*G/P, (h+1)*G/P) this process feeds, after checking that its devices hold exactly those rows."""
-    _check_positive("global_batch_size", global_batch_size)
+    check_int("global_batch_size", global_batch_size)
     axes = _batch_axes(sharding)
     dp = data_parallel_size(sharding)
     if global_batch_size % dp:
-        raise ValueError(
+        raise ConfigError(
             f"global batch size {global_batch_size} is not divisible by the data-parallel size {dp}"
             f" (batch axes {axes} of mesh {dict(sharding.mesh.shape)})"
         )
@@ -240,16 +243,6 @@ def host_rows(sharding: jax.sharding.NamedSharding, global_batch_size: int) -> t
             " holds one contiguous block of the batch axes (jax.make_mesh does)"
         )
     return rows
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
 def _describe(source) -> str:

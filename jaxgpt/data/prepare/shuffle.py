@@ -33,10 +33,10 @@ import sys
 
 import numpy as np
 
-from jaxgpt.data.errors import PackedDataError
-from jaxgpt.data.index import check_output
-from jaxgpt.data.pbin import HEADER_BYTES, read_pbin
-from jaxgpt.data.ranges import DEFAULT_BUFFER_BYTES, copy_to_file, copy_to_pbin, line_ranges
+from jaxgpt.data.format.pbin import HEADER_BYTES, read_pbin
+from jaxgpt.data.prepare.index import check_output
+from jaxgpt.data.prepare.ranges import DEFAULT_BUFFER_BYTES, copy_to_file, copy_to_pbin, line_ranges
+from jaxgpt.errors import PackedDataError
 
 
 def python_permutation(n: int, seed: int) -> np.ndarray:

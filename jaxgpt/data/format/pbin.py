@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxgpt.data.atomic import atomic_output
-from jaxgpt.data.errors import PackedDataError
-from jaxgpt.data.pickles import load_pairs, write_pairs
+from jaxgpt.data.format.pickles import load_pairs, write_pairs
+from jaxgpt.errors import PackedDataError
+from jaxgpt.io import atomic_output
 
 HEADER_BYTES = 12  # uint64 data_len + uint32 token width
 _HEADER = struct.Struct("<QI")

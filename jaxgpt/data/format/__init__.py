@@ -1,0 +1,1 @@
+"""Modalities' .idx/.pbin format: the header, the index pickles, validated reading, writing and merging."""

@@ -1,0 +1,90 @@
+"""Evaluation during training: the mean token loss over the validation windows, when it is due, and its cost."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable
+
+from jaxgpt import sharding
+from jaxgpt.data.loader import pipeline
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.distributed import lead_says
+
+
+def evaluate(
+    eval_step,
+    params,
+    source: PackedWindowSource,
+    eval_batch: int,
+    mesh,
+    max_batches: int,
+    on_batch: Callable[[], None] = lambda: None,
+) -> dict:
+    """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0);
+    `on_batch()` after each batch (the progress bar)."""
+    loss_sum, num_tokens = 0.0, 0.0
+    with pipeline.eval_batches(source, global_batch_size=eval_batch, sharding=sharding.batch_sharding(mesh)) as it:
+        for batch in itertools.islice(it, max_batches or None):
+            out = eval_step(params, batch)
+            loss_sum += float(out["loss_sum"])
+            num_tokens += float(out["num_tokens"])
+            on_batch()
+    loss = loss_sum / num_tokens
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When a run evaluates, and on what."""
+
+    every: int  # train.eval_every: evaluate at its multiples ...
+    last: int  # ... and at the run's last step
+    batches: int  # batches of one evaluation (0: the run has no validation data)
+    eval_batch: int  # sequences per batch
+    max_batches: int  # train.eval_steps (0: a full pass)
+
+    def due(self, step: int) -> bool:
+        return self.batches > 0 and (step % self.every == 0 or step == self.last)
+
+    def cost(self, tokens_per_step: int, seq_len: int) -> str:
+        """The banner's line on evaluation: on CPU a full validation pass can cost far more than a short run's steps."""
+        if not self.batches:
+            return "evaluation: none (data.val_path is empty)"
+        tokens = self.batches * self.eval_batch * seq_len
+        count = len(set(range(self.every, self.last + 1, self.every)) | {self.last})
+        return (
+            f"evaluation: {self.batches} batches of {self.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
+            f" {tokens / tokens_per_step:,.1f} steps' tokens) every {self.every} steps and at the last: {count} in all"
+            + ("" if self.max_batches else "; train.eval_steps=N caps it at N batches")
+        )
+
+
+class Evaluation:
+    """Evaluating a run's params when its schedule says, into the recorder."""
+
+    def __init__(self, schedule: Schedule, eval_step, source: PackedWindowSource | None, mesh, recorder):
+        self.schedule, self.eval_step, self.source, self.mesh, self.recorder = (
+            schedule,
+            eval_step,
+            source,
+            mesh,
+            recorder,
+        )
+
+    def due(self, step: int) -> bool:
+        return self.schedule.due(step)
+
+    def __call__(self, step: int, params) -> None:
+        s = self.schedule
+        with self.recorder.evaluating(step, s.batches) as on_batch:
+            scores = evaluate(self.eval_step, params, self.source, s.eval_batch, self.mesh, s.max_batches, on_batch)
+        self.recorder.eval(step, scores)
+
+    def missed(self, start_step: int) -> bool:
+        """Whether the resumed run must first do the evaluation of its start step. A stop signal at an eval step saves
+        without evaluating, and a crash can land between a save and its evaluation: then metrics.jsonl (kept up to the
+        resume step) lacks that eval. Only process 0 reads metrics.jsonl, and every process takes part in an eval."""
+        missed = self.due(start_step) and start_step > 0 and start_step not in self.recorder.metrics.eval_steps
+        return lead_says(missed)

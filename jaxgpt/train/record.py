@@ -1,0 +1,75 @@
+"""What a run records about itself: DIR/config.json, DIR/tokenizer.json, and the banner it prints at its start."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+
+from jaxgpt import distributed, rundir
+from jaxgpt.distributed import is_lead
+from jaxgpt.errors import ConfigError
+from jaxgpt.io import atomic_output
+from jaxgpt.train import optim
+from jaxgpt.train.setup import Setup
+
+
+def write_run_record(run: Setup) -> dict:
+    """DIR/config.json: the resolved config and what was derived from it; returned for W&B."""
+    derived = {
+        **dataclasses.asdict(run.plan),
+        "num_params": run.num_params,
+        "mesh": dict(run.mesh.shape),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "compute_dtype": run.step_cfg.compute_dtype,  # what train.compute_dtype="auto" picked
+        "eval_batches": run.eval_batches,
+    }
+    resolved = {"config": run.cfg.to_dict(), "derived": derived}
+    if is_lead():
+        with atomic_output(rundir.path(run.workdir, rundir.CONFIG)) as tmp, open(tmp, "w") as f:
+            json.dump(resolved, f, indent=2)
+    return resolved
+
+
+def record_tokenizer(run: Setup) -> None:
+    """DIR/tokenizer.json: the run's tokenizer beside its checkpoints, so that the workdir alone can generate."""
+    src, dst = run.config.data.tokenizer_file, rundir.tokenizer_path(run.workdir)
+    if not run.records_tokenizer:
+        return
+    with open(src, "rb") as f:
+        data = f.read()
+    if os.path.exists(dst):
+        with open(dst, "rb") as f:
+            if f.read() != data:
+                raise ConfigError(
+                    f"data.tokenizer_file={src!r} differs from {dst}, the tokenizer this run started with; "
+                    "a run keeps one tokenizer"
+                )
+        return
+    if is_lead():
+        with atomic_output(dst) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+
+
+def banner(run: Setup, start_step: int, eval_cost: str) -> str:
+    """What the run prints before its first step: size, mesh, batch, plan, warmup, dtype, evaluation cost."""
+    plan, config, mesh = run.plan, run.config, run.mesh
+    warmup = optim.warmup_steps(run.step_cfg.optim, plan.num_steps)
+    capped = f" (optim.warmup_steps={config.optim.warmup_steps}, capped at 10% of the {plan.num_steps}-step run)"
+    return (
+        f"jaxgpt: {run.num_params:,} parameters | mesh {dict(mesh.shape)} over {jax.device_count()} "
+        f"{jax.devices()[0].device_kind} device(s), {jax.process_count()} process(es)\n"
+        f"        {plan.global_batch} seqs x {config.data.seq_len} tokens = {plan.tokens_per_step:,} tokens/step | "
+        f"{plan.num_steps} steps planned ({plan.steps_per_epoch} per epoch)"
+        + (f", resuming at step {start_step}" if start_step else "")
+        + (f", stopping after step {run.end_step}" if run.end_step < plan.num_steps else "")
+        + f"\n        warmup: {warmup} steps"
+        + (capped if warmup < config.optim.warmup_steps else "")
+        + f" | compute: {run.step_cfg.compute_dtype} on {mesh.devices.flat[0].platform}"
+        + f"\n        {eval_cost}"
+        + (f"\n        {distributed.describe()}" if jax.process_count() > 1 else "")
+    )

@@ -1,0 +1,180 @@
+"""A run's setup: the config checked, the mesh built, the data opened, the plan derived; nothing written yet.
+
+Every bad setting or data file fails here, before the workdir is touched (a refused run leaves no trace).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgpt import model, sharding
+from jaxgpt.config import RunConfig
+from jaxgpt.data.loader import pipeline
+from jaxgpt.data.loader.source import PackedWindowSource
+from jaxgpt.data.tokenize import load_tokenizer
+from jaxgpt.errors import ConfigError, PackedDataError, check_int
+from jaxgpt.train.state import StepConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the config and the data imply for this run."""
+
+    num_steps: int  # optimizer steps of the whole run (the lr schedule spans them)
+    global_batch: int  # sequences per optimizer step, all hosts and micro batches together
+    tokens_per_step: int  # global_batch * seq_len
+    eval_batch: int  # sequences per evaluation batch
+    steps_per_epoch: int  # full global batches in one pass over the training windows
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run derives from its config and its data before it touches the workdir."""
+
+    cfg: ml_collections.ConfigDict  # resolved (compute_dtype "auto" replaced): what config.json and checkpoints hold
+    config: RunConfig  # the same, checked, as dataclasses
+    workdir: str
+    mesh: jax.sharding.Mesh
+    train_src: PackedWindowSource
+    val_src: PackedWindowSource | None
+    plan: Plan
+    step_cfg: StepConfig
+    end_step: int  # the last step this process runs: num_steps, or --stop_after
+    # What a resume must match beyond the config: the derived batch and step counts, and the data itself, as each
+    # file's name and size (not its path or mtime: the same files copied elsewhere are the same data). With data.seed
+    # these fix the batch order (data/loader/pipeline.py), and num_steps the lr schedule.
+    stream: dict
+    num_params: int
+    flops_per_token: float
+    peak_flops: float  # of all devices together, for MFU
+    records_tokenizer: bool  # data.tokenizer_file fits the model: copied to DIR/tokenizer.json
+
+    @property
+    def eval_batches(self) -> int:
+        """Batches of one evaluation: a full pass over the validation windows, or the first train.eval_steps."""
+        if self.val_src is None:
+            return 0
+        full = -(-len(self.val_src) // self.plan.eval_batch)  # ceil: the last batch is padded and masked
+        steps = self.config.train.eval_steps
+        return min(full, steps) if steps else full
+
+
+def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) -> Setup:
+    """Checks the settings and opens the data; every bad setting or file fails here, before anything is written."""
+    if stop_after is not None:
+        check_int("--stop_after", stop_after, hint=" (leave it out to train to train.num_steps)")
+    config = RunConfig.from_config(cfg)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    # Every read is checked against the vocabulary: ids from another tokenizer must fail here, not as a NaN loss.
+    d, vocab = config.data, config.model.vocab_size
+    train_src = PackedWindowSource(split_paths(d.train_path, "data.train_path"), d.seq_len, vocab)
+    val_src = PackedWindowSource(split_paths(d.val_path, "data.val_path"), d.seq_len, vocab) if d.val_path else None
+    plan = make_plan(config, mesh, train_src)
+    records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
+    if val_src is not None:
+        check_validation_windows(val_src, config.train.eval_steps * plan.eval_batch)
+    step_cfg = StepConfig.from_config(cfg, plan.num_steps).resolved(mesh.devices.flat[0].platform)
+    # From here on the config names the dtype "auto" picked: config.json and the checkpoints record it, and a resume
+    # compares it, so "auto" resumes a run of the dtype it picks (and refuses one of the other).
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.compute_dtype = step_cfg.compute_dtype
+    stream = {
+        "global_batch_size": plan.global_batch,
+        "num_windows": len(train_src),
+        "num_steps": plan.num_steps,
+        "train_files": [f"{os.path.basename(p)} ({os.path.getsize(p)} bytes)" for p in train_src.paths],
+    }
+    return Setup(
+        cfg=cfg,
+        config=config,
+        workdir=os.path.abspath(workdir),
+        mesh=mesh,
+        train_src=train_src,
+        val_src=val_src,
+        plan=plan,
+        step_cfg=step_cfg,
+        end_step=plan.num_steps if stop_after is None else min(plan.num_steps, stop_after),
+        stream=stream,
+        num_params=model.count_params(step_cfg.model),
+        flops_per_token=model.flops_per_token(step_cfg.model, d.seq_len),
+        peak_flops=model.total_peak_flops(peak_flops(config), jax.devices()),
+        records_tokenizer=records_tokenizer,
+    )
+
+
+def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource) -> Plan:
+    t = config.train
+    dp = sharding.data_parallel_size(mesh)
+    global_batch = t.micro_batch_size * dp * t.grad_accum
+    per_epoch = pipeline.steps_per_epoch(train_src, global_batch)
+    num_steps = per_epoch if t.num_steps is None else t.num_steps  # Modalities' default: one epoch
+    eval_batch = t.eval_batch_size or t.micro_batch_size * dp
+    if eval_batch % dp:
+        raise ConfigError(f"train.eval_batch_size={eval_batch} must be a multiple of the data-parallel size {dp}")
+    return Plan(num_steps, global_batch, global_batch * config.data.seq_len, eval_batch, per_epoch)
+
+
+def split_paths(value: str, key: str) -> list[str]:
+    paths = [p.strip() for p in str(value).split(",") if p.strip()]
+    if not paths:
+        raise ConfigError(f"{key} is empty; give a .pbin path (or several, joined by ',')")
+    for path in paths:
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: no such file ({key}); {how_to_pack(path)}")
+    return paths
+
+
+def how_to_pack(path: str) -> str:
+    """The way to make a missing .pbin: on a fresh clone, the getting-started script or its two commands."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    raw = os.path.join("data", "raw", f"{stem}.jsonl")
+    if not os.path.isfile(raw):  # not one of the bundled samples: the tools, from the user's own JSONL
+        return (
+            "pack it from your JSONL with `jaxgpt create_memmap_index`, then `jaxgpt create_packed_data` (docs/data.md)"
+        )
+    idx = os.path.join(os.path.dirname(path) or ".", f"{stem}.idx")
+    return (
+        "make it with `bash getting_started.sh` (it indexes and packs the bundled samples), or with"
+        f" `python tools/create_memmap_index.py --index_path {idx} {raw} && python tools/create_packed_data.py"
+        f" --jq_pattern .raw_content --tokenizer_file data/tokenizer/tokenizer.json --index_path {idx}"
+        f" --dst_path {path} {raw}`"
+    )
+
+
+def check_validation_windows(val_src: PackedWindowSource, num_read: int) -> None:
+    """Reads the windows evaluation will read (all of them for num_read 0), so that a bad id fails before step 1 and
+    not at the first evaluation. Training data is checked batch by batch as it is read."""
+    num_read = min(len(val_src), num_read) if num_read else len(val_src)
+    for first in range(0, num_read, 4096):
+        val_src.read_windows(np.arange(first, min(first + 4096, num_read)))
+
+
+def check_tokenizer(path: str, vocab_size: int) -> bool:
+    """Whether data.tokenizer_file fits the model, so that the run records it for generation. A file that does not
+    load is an error; one with more ids than model.vocab_size (a run on synthetic ids) is a warning, not recorded."""
+    try:
+        tok = load_tokenizer(path, backend="hf")
+    except PackedDataError as e:
+        raise ConfigError(f"data.tokenizer_file={path!r}: {e}") from None
+    if tok.max_id >= vocab_size:
+        warnings.warn(
+            f"data.tokenizer_file={path!r} has ids up to {tok.max_id}, beyond model.vocab_size={vocab_size}: this run"
+            " does not record it, and generation will need --tokenizer_file",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def peak_flops(config: RunConfig) -> float:
+    """Peak FLOP/s of one device: the config's override, else the device table, else (CPU) a measured matmul."""
+    if config.train.peak_flops:
+        return float(config.train.peak_flops)
+    peak = model.peak_flops(jax.devices()[0])
+    return peak if peak else model.measure_matmul_peak()
