@@ -48,7 +48,7 @@ class Setup:
     end_step: int  # the last step this process runs: num_steps, or --stop_after
     # What a resume must match beyond the config: the derived batch and step counts, and the data itself, as each
     # file's name and size (not its path or mtime: the same files copied elsewhere are the same data). With data.seed
-    # these fix the batch order (data/loader/pipeline.py), and num_steps the lr schedule.
+    # these fix the batch order (jaxgpt/data/loader/pipeline.py), and num_steps the lr schedule.
     stream: dict
     num_params: int
     flops_per_token: float
