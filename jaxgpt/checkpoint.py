@@ -291,8 +291,13 @@ def _reason(e: BaseException) -> str:
 
 
 class _DropOrbaxErrors(pylogging.Filter):
+    """Error records Orbax logs itself, and asyncio's 'exception was never retrieved' for a failed Orbax write."""
+
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return not (record.levelno >= pylogging.ERROR and _ORBAX in record.pathname)
+        if record.levelno < pylogging.ERROR:
+            return True
+        orbax_traceback = record.exc_info is not None and _from_orbax(record.exc_info[2])
+        return not (_ORBAX in record.pathname or orbax_traceback)
 
 
 _ORBAX = f"{os.sep}orbax{os.sep}"
@@ -309,11 +314,13 @@ def _from_orbax(exc_traceback) -> bool:
 def quiet_orbax_errors() -> None:
     """Called once by the commands that read or write checkpoints (it sets a process-wide hook, so no library call
     does). Orbax logs each failing writer or reader thread's error with its traceback (16 of them for one full disk),
-    and the sibling reads of a failed restore die later as 'Exception ignored' coroutines; we turn what Orbax raises
-    into one CheckpointError, so these copies are dropped (every other log line and unraisable error still shows)."""
-    logger = pylogging.getLogger("absl")
-    if not any(isinstance(f, _DropOrbaxErrors) for f in logger.filters):
-        logger.addFilter(_DropOrbaxErrors())
+    asyncio may log a failed write's sibling futures as 'exception was never retrieved', and the sibling reads of a
+    failed restore die later as 'Exception ignored' coroutines; we turn what Orbax raises into one CheckpointError,
+    so these copies are dropped (every other log line and unraisable error still shows)."""
+    for name in ("absl", "asyncio"):  # a failed write's sibling futures end up in asyncio's log
+        logger = pylogging.getLogger(name)
+        if not any(isinstance(f, _DropOrbaxErrors) for f in logger.filters):
+            logger.addFilter(_DropOrbaxErrors())
     previous = sys.unraisablehook
     if getattr(previous, "_jaxgpt", False):
         return

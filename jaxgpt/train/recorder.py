@@ -144,7 +144,13 @@ class Recorder(contextlib.ExitStack):
         self._since = (time.perf_counter(), start_step)  # throughput is measured from here
 
     def train(self, done: int, metrics: dict) -> None:
-        """Reads a finished step's metrics (blocking only on that step), stops on non-finite values, logs."""
+        """Reads a finished step's metrics (blocking only on that step), stops on non-finite values, logs.
+
+        Throughput counts the steps since the last moment a step was seen to finish: a read that had to wait for its
+        step. A read of metrics that were ready already (the host fell behind the device, under load) cannot say
+        when its step finished, so it moves nothing: its figure averages back to that moment, and never credits a
+        step with less time than it took."""
+        waited = not all(getattr(v, "is_ready", lambda: True)() for v in jax.tree.leaves(metrics))
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise self._nonfinite(done, m)
@@ -154,7 +160,8 @@ class Recorder(contextlib.ExitStack):
             return
         now = time.perf_counter()
         tokens_per_s = (done - self._since[1]) * c.tokens_per_step / max(now - self._since[0], 1e-9)
-        self._since = (now, done)
+        if waited:
+            self._since = (now, done)
         mfu = tokens_per_s * c.flops_per_token / c.peak_flops
         event = {"event": "train", "step": done, **m, "tokens_per_s": tokens_per_s, "mfu": mfu, "time": time.time()}
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
