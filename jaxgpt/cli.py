@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from jaxgpt.errors import JaxgptError, PackedDataError
 
@@ -247,31 +248,32 @@ def _plot(a: argparse.Namespace) -> str:
     return plot_runs(a.dirs, a.out)
 
 
-# name -> (help, flags, run, also): `run` returns what it wrote (printed as "wrote ...") or None
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], str | None], tuple]
-COMMANDS: dict[str, Command] = {
-    "generate": ("sample text from a run's checkpoint (kv cache)", _generate_flags, _generate, (OSError,)),
-    "plot": ("draw metrics.jsonl: loss, lr, grad norm, tokens/s", _plot_flags, _plot, ()),
-    "create_memmap_index": ("JSONL -> .idx", _create_memmap_index_flags, _create_memmap_index, ()),
-    "create_packed_data": ("indexed JSONL -> .pbin", _create_packed_data_flags, _create_packed_data, ()),
-    "inspect_pbin": ("a .pbin's header, documents, verdict", _inspect_pbin_flags, _inspect_pbin, ()),
+class Command(NamedTuple):
+    help: str
+    flags: Callable[[argparse.ArgumentParser], None]  # adds the command's arguments to its parser
+    run: Callable[[argparse.Namespace], str | None]  # returns what it wrote (printed as "wrote ...") or None
+    also: tuple[type[BaseException], ...] = ()  # errors besides JaxgptError that end in one line (OSError on outputs)
+
+
+COMMANDS = {
+    "generate": Command("sample text from a run's checkpoint (kv cache)", _generate_flags, _generate, (OSError,)),
+    "plot": Command("draw metrics.jsonl: loss, lr, grad norm, tokens/s", _plot_flags, _plot),
+    "create_memmap_index": Command("JSONL -> .idx", _create_memmap_index_flags, _create_memmap_index),
+    "create_packed_data": Command("indexed JSONL -> .pbin", _create_packed_data_flags, _create_packed_data),
+    "inspect_pbin": Command("a .pbin's header, documents, verdict", _inspect_pbin_flags, _inspect_pbin),
 }
-EXPORTS: dict[str, Command] = {
-    "hf": ("a native Hugging Face model folder", _export_hf_flags, _export_hf, (OSError,)),
-    "modalities": (
-        "Modalities' GPT2LLM state dict and configs",
-        _export_modalities_flags,
-        _export_modalities,
-        (OSError,),
+EXPORTS = {
+    "hf": Command("a native Hugging Face model folder", _export_hf_flags, _export_hf, (OSError,)),
+    "modalities": Command(
+        "Modalities' GPT2LLM state dict and configs", _export_modalities_flags, _export_modalities, (OSError,)
     ),
 }
 
 
 def _add(subparsers, name: str, command: Command, prog: str | None = None) -> None:
-    help_, flags, run, also = command
-    p = subparsers.add_parser(name, help=help_, description=help_, prog=prog)
-    flags(p)
-    p.set_defaults(run=run, also=also)
+    p = subparsers.add_parser(name, help=command.help, description=command.help, prog=prog)
+    command.flags(p)
+    p.set_defaults(run=command.run, also=command.also)
 
 
 def parser(prog: str = "jaxgpt") -> argparse.ArgumentParser:

@@ -109,6 +109,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
 
 
 def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource) -> Plan:
+    """The batch sizes and step counts the config implies on this mesh and these training windows."""
     t = config.train
     dp = sharding.data_parallel_size(mesh)
     global_batch = t.micro_batch_size * dp * t.grad_accum
@@ -121,6 +122,7 @@ def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource) -> Plan:
 
 
 def split_paths(value: str, key: str) -> list[str]:
+    """The paths a data.*_path knob names ("a.pbin,b.pbin"); a missing one is an error saying how to make it."""
     paths = [p.strip() for p in str(value).split(",") if p.strip()]
     if not paths:
         raise ConfigError(f"{key} is empty; give a .pbin path (or several, joined by ',')")
