@@ -23,25 +23,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 BASE = ModelConfig(
-    vocab_size=128,
-    n_layer=2,
-    n_head_q=4,
-    n_head_kv=2,
-    n_embd=32,
-    ffn_hidden=96,
-    mlp="swiglu",
-    pos_emb="rope",
-    rope_base=10000.0,
-    norm="layer",
-    norm_eps=1e-5,
-    attn="causal",
-    qk_norm=False,
-    use_bias=False,
-    tie_embeddings=True,
-    dropout=0.0,
-    init_std=0.3,
-    seq_len=128,
-)
+    vocab_size=128, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=96, init_std=0.3, seq_len=128
+)  # the rest: ModelConfig's defaults
 REAL_VOCAB = 100  # the test tokenizer's tokens: ids 100..127 are padded rows
 # case -> (options, the native class)
 CASES = {

@@ -23,25 +23,8 @@ pytestmark = needs_modalities
 
 # Modalities wants n_embd, ffn_hidden and the vocab in multiples of 128
 BASE = ModelConfig(
-    vocab_size=256,
-    n_layer=2,
-    n_head_q=4,
-    n_head_kv=2,
-    n_embd=128,
-    ffn_hidden=256,
-    mlp="swiglu",
-    pos_emb="rope",
-    rope_base=10000.0,
-    norm="layer",
-    norm_eps=1e-5,
-    attn="causal",
-    qk_norm=False,
-    use_bias=False,
-    tie_embeddings=True,
-    dropout=0.0,
-    init_std=0.1,
-    seq_len=32,
-)
+    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=128, ffn_hidden=256, init_std=0.1, seq_len=32
+)  # the rest: ModelConfig's defaults
 CASES = {
     "rope_swiglu_gqa_tied": {},
     "learned_gelu_bias_untied": dict(pos_emb="learned", mlp="gelu", use_bias=True, tie_embeddings=False, n_head_kv=4),

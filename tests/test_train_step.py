@@ -20,24 +20,8 @@ from jaxgpt.train.state import StateLayout, StepConfig
 from jaxgpt.train.step import _split_micro, compiler_options, make_eval_step, make_train_step
 
 MODEL = ModelConfig(
-    vocab_size=256,
-    n_layer=2,
-    n_head_q=4,
-    n_head_kv=2,
-    n_embd=32,
-    ffn_hidden=128,
-    mlp="swiglu",
-    pos_emb="rope",
-    rope_base=10000.0,
-    norm="layer",
-    norm_eps=1e-5,
-    qk_norm=False,
-    use_bias=False,
-    tie_embeddings=True,
-    dropout=0.0,
-    init_std=0.02,
-    seq_len=16,
-)
+    vocab_size=256, n_layer=2, n_head_q=4, n_head_kv=2, n_embd=32, ffn_hidden=128, seq_len=16
+)  # the rest: ModelConfig's defaults
 # eps=1e-3: Adam's first update is lr * g / (|g| + eps), which with eps >> 1e-8 stays proportional to the gradient
 # for small g, so comparing updates compares gradients (with eps=1e-8 it is lr * sign(g) and hides them).
 OPTIM = OptimConfig(
