@@ -26,10 +26,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from jaxgpt.data.commands import add_data_commands, add_policy_flag
 from jaxgpt.errors import JaxgptError, PackedDataError
-
-POLICIES = ("error", "skip", "override")
-
 
 # The edge
 # ------------------------------------------------------------------------------------------------------------------
@@ -78,14 +76,10 @@ def _one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _policy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--file_existence_policy", choices=POLICIES, default="error", help="when the output exists")
-
-
 def _create_memmap_index_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("src_path", help="the JSONL file to index")
     p.add_argument("--index_path", default=None, help="output .idx (default: next to the input, same stem)")
-    _policy(p)
+    add_policy_flag(p)
 
 
 def _create_memmap_index(a: argparse.Namespace) -> str | None:
@@ -103,7 +97,7 @@ def _create_packed_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eod_token", default="<|endoftext|>", help="appended to each document unless it ends with it")
     p.add_argument("--num_processes", type=int, default=None, help="tokenizer processes (default: CPU count)")
     p.add_argument("--skip_faulty_lines", action="store_true", help="skip lines that cannot be packed, and list them")
-    _policy(p)
+    add_policy_flag(p)
     p.add_argument(
         "--tokenizer_backend",
         choices=("auto", "hf", "tiktoken"),
@@ -277,8 +271,6 @@ def _add(subparsers, name: str, command: Command, prog: str | None = None) -> No
 
 
 def parser(prog: str = "jaxgpt") -> argparse.ArgumentParser:
-    from jaxgpt.data.commands import add_data_commands
-
     root = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("train", help="train or resume a run (python -m jaxgpt.train; --help lists its flags)")

@@ -352,7 +352,7 @@ def run_command(args: argparse.Namespace) -> None:
         raise ConfigError(f"--mesh={args.mesh!r} must be three ints DATA,FSDP,TENSOR") from None
     mesh = sharding.make_mesh(data, fsdp, tensor, devices=jax.local_devices())
     checkpoint.quiet_orbax_errors()
-    model, cfg = checkpoint.load(args.workdir, args.step, mesh)
+    model, _ = checkpoint.load(args.workdir, args.step, mesh)
     tokenizer = load_tokenizer(rundir.find_tokenizer(args.workdir, args.tokenizer_file))
     completions = generate(
         model,

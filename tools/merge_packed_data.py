@@ -8,7 +8,8 @@ The same merge as `jaxgpt data merge_packed_data IN... OUT` (Modalities' order o
 
 import argparse
 
-from jaxgpt.cli import POLICIES, clean_errors
+from jaxgpt.cli import clean_errors
+from jaxgpt.data.commands import POLICIES
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="tools/merge_packed_data.py", description=__doc__.splitlines()[0])

@@ -18,7 +18,7 @@ _OUT_OF_SCOPE = (
 )
 
 
-def _policy(p: argparse.ArgumentParser) -> None:
+def add_policy_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file_existence_policy", choices=POLICIES, default="error", help="when the output exists")
 
 
@@ -28,7 +28,7 @@ def _chunk_flags(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--output_chunk_file_path", required=True, help=f"the chunk to write ({kind})")
     p.add_argument("--chunk_id", type=int, required=True, help="which chunk, 0..num_chunks-1")
     p.add_argument("--num_chunks", type=int, required=True, help="chunks in total (>= 1)")
-    _policy(p)
+    add_policy_flag(p)
     p.add_argument("--global_seed", type=int, default=None, help="seeds the chunks' shuffles (default: drawn, printed)")
 
 
@@ -47,16 +47,16 @@ def add_data_commands(commands) -> None:
     p = add("create_raw_index", "JSONL -> .idx (byte offset, length per line)")
     p.add_argument("src_path", help="the JSONL file")
     p.add_argument("--index_path", default=None, help="output .idx (default: next to src_path, same stem)")
-    _policy(p)
+    add_policy_flag(p)
 
     p = add("pack_encoded_data", "indexed JSONL -> .pbin, from a Modalities packing YAML")
     p.add_argument("config_path", help="YAML with settings and a pretrained_hf_tokenizer component")
-    _policy(p)
+    add_policy_flag(p)
 
     p = add("merge_packed_data", "several .pbin (or folders of them) -> one, correct offsets")
     p.add_argument("src_paths", nargs="+", help=".pbin files or directories holding them (sorted)")
     p.add_argument("target_path", help="the merged .pbin")
-    _policy(p)
+    add_policy_flag(p)
 
     p = add("shuffle_tokenized_data", "shuffle the documents of a .pbin")
     p.add_argument("--input_data_path", required=True, help="the .pbin")
@@ -67,13 +67,13 @@ def add_data_commands(commands) -> None:
         default=100,
         help="accepted for Modalities' scripts (>= 1); no effect: jaxgpt copies one document at a time",
     )
-    _policy(p)
+    add_policy_flag(p)
     p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: drawn and printed)")
 
     p = add("shuffle_jsonl_data", "shuffle the lines of a JSONL file")
     p.add_argument("--input_data_path", required=True, help="the .jsonl")
     p.add_argument("--output_data_path", required=True, help="the shuffled .jsonl")
-    _policy(p)
+    add_policy_flag(p)
     p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: drawn and printed)")
 
     _chunk_flags(add("create_shuffled_dataset_chunk", "one shuffled chunk of many .pbin"), ".pbin")

@@ -31,7 +31,7 @@ def state_dict(params: dict[str, np.ndarray], m) -> dict[str, np.ndarray]:
         out[name] = np.ascontiguousarray(value, np.float32)
     if m.tie_embeddings:
         out["transformer.lm_head.weight"] = out["transformer.wte.weight"]
-    if m.pos_emb == "rope":  # what jaxgpt's rope_tables use, at GPT2LLM's buffer shape [K / 2]
+    if m.pos_emb == "rope":  # what jaxgpt's rope_at uses, at GPT2LLM's buffer shape [K / 2]
         inv_freq = 1.0 / m.rope_base ** (np.arange(0, m.head_dim, 2, dtype=np.float32) / m.head_dim)
         for i in range(m.n_layer):
             out[f"transformer.h.{i}.attn.qkv_transforms.0.inv_freq"] = inv_freq.astype(np.float32)

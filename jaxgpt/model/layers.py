@@ -158,13 +158,9 @@ def norm(cfg: ModelConfig, dim: int, dtype) -> nnx.Module:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
-    """cos_TxK, sin_TxK of NeoX rotary (frequencies repeated, not interleaved) at positions 0 .. T-1, float32."""
-    return rope_at(jnp.arange(seq_len, dtype=jnp.float32), head_dim, base)
-
-
 def rope_at(positions: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [..., K] at any positions: [T] in training, [B, T] when rows sit at their own positions (generation)."""
+    """cos, sin [..., K] of NeoX rotary (frequencies repeated, not interleaved), float32, at any positions: [T] in
+    training, [B, T] when rows sit at their own positions (generation)."""
     inv_freq_K2 = 1.0 / base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     freqs_K2 = positions.astype(jnp.float32)[..., None] * inv_freq_K2
     emb_K = jnp.concatenate([freqs_K2, freqs_K2], axis=-1)

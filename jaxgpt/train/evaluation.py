@@ -65,13 +65,8 @@ class Evaluation:
     """Evaluating a run's params when its schedule says, into the recorder."""
 
     def __init__(self, schedule: Schedule, eval_step, source: PackedWindowSource | None, mesh, recorder):
-        self.schedule, self.eval_step, self.source, self.mesh, self.recorder = (
-            schedule,
-            eval_step,
-            source,
-            mesh,
-            recorder,
-        )
+        self.schedule, self.eval_step, self.source = schedule, eval_step, source
+        self.mesh, self.recorder = mesh, recorder
 
     def due(self, step: int) -> bool:
         return self.schedule.due(step)
