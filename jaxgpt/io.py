@@ -49,12 +49,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, flag: str | None = None) -> Iterator[str]:
+def atomic_folder(path: str | os.PathLike, flag: str | None = None, replace: bool = False) -> Iterator[str]:
     """A temporary folder next to `path`, renamed to it when the block completes and removed if it fails. `path` must
-    not exist, or be an empty folder; errors name it as `flag`=path (the command's flag) when given."""
+    not exist, or be an empty folder, unless `replace`: then a folder there is swapped for the new one at the end.
+    Errors name it as `flag`=path (the command's flag) when given."""
     path = os.path.abspath(os.fspath(path))
     named = f"{flag}={path}" if flag else path
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    if os.path.exists(path) and (not os.path.isdir(path) or (os.listdir(path) and not replace)):
         raise JaxgptError(f"{named}: exists and is not an empty folder; pick a new one or remove it")
     tmp = os.path.join(_make_parent(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
@@ -63,9 +64,11 @@ def atomic_folder(path: str | os.PathLike, flag: str | None = None) -> Iterator[
         raise JaxgptError(f"{named}: cannot create it ({e.strerror})") from None
     try:
         yield tmp
+        old = f"{tmp}.old"
         if os.path.isdir(path):
-            os.rmdir(path)  # empty, checked above
+            os.replace(path, old)  # empty (checked above) or replaced: set aside until the new one is in place
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -308,14 +308,29 @@ def test_old_offset_12_files_shuffle_their_true_documents(tmp_path):
     [
         ("settings: {}\ntokenizer: {}\n", "settings.src_path is missing"),
         ("settings: [\n", "not valid YAML"),
-        ("settings:\n  src_path: ${modalities_env:x}\n", ":2: interpolations"),
+        (
+            "settings:\n  src_path: ${modalities_env:x}\n",
+            "p.yaml:2: settings.src_path: interpolation resolver 'modalities_env'",
+        ),
+        (
+            "settings:\n  a: 1\n  src_path: ${settings.b}\n",
+            "p.yaml:3: settings.src_path: Interpolation key 'settings.b' not",
+        ),
         (
             "{SETTINGS}tokenizer:\n  component_key: tokenizer\n  variant_key: pretrained_sp_tokenizer\n"
             "  config: {tokenizer_model_file: t.model}\n",
             "SentencePiece) is not supported",
         ),
-        ("{SETTINGS}{HF}    truncation: true\n", "truncation True is not supported"),
-        ("{SETTINGS}{HF}    special_tokens: {pad_token: '[PAD]'}\n", "'[PAD]' is not in"),
+        (
+            "{SETTINGS}{HF}    truncation: sideways\n",
+            "p.yaml:11: tokenizer.config.truncation 'sideways' is not supported",
+        ),
+        (
+            "{SETTINGS}{HF}    padding: max_length\n    max_length: 8\n",
+            ":11: tokenizer.config.padding max_length needs",
+        ),
+        ("{SETTINGS}{HF}    truncation: true\n    max_length: 0\n", ":12: tokenizer.config.max_length must be an int"),
+        ("{SETTINGS}{HF}    special_tokens: {pad_token: '[PAD]'}\n", "special token '[PAD]' is not in the vocabulary"),
         (
             "{SETTINGS}tokenizer:\n  component_key: tokenizer\n  variant_key: pretrained_hf_tokenizer\n"
             "  config: {pretrained_model_name_or_path: gpt2}\n",

@@ -12,10 +12,6 @@ import argparse
 from jaxgpt.errors import check_int
 
 POLICIES = ("error", "skip", "override")
-_OUT_OF_SCOPE = (
-    "Modalities' prepare_instruction_tuning_data is out of scope (chat templates and instruction-tuning splits are not"
-    " part of jaxgpt)."
-)
 
 
 def add_policy_flag(p: argparse.ArgumentParser) -> None:
@@ -35,7 +31,7 @@ def _chunk_flags(p: argparse.ArgumentParser, kind: str) -> None:
 def add_data_commands(commands) -> None:
     """`data` and its commands, under the root parser's subcommands."""
     data = commands.add_parser(
-        "data", help="Modalities' data commands", description="Modalities 0.5.0's data commands. " + _OUT_OF_SCOPE
+        "data", help="Modalities' data commands", description="Modalities 0.5.0's data commands."
     )
     cmds = data.add_subparsers(dest="data_command", required=True, metavar="NAME")
 
@@ -52,6 +48,9 @@ def add_data_commands(commands) -> None:
     p = add("pack_encoded_data", "indexed JSONL -> .pbin, from a Modalities packing YAML")
     p.add_argument("config_path", help="YAML with settings and a pretrained_hf_tokenizer component")
     add_policy_flag(p)
+
+    p = add("prepare_instruction_tuning_data", "chat JSONL -> chat template -> splits -> .idx/.pbin, from a YAML")
+    p.add_argument("--config_file_path", required=True, help="Modalities' instruction-tuning YAML")
 
     p = add("merge_packed_data", "several .pbin (or folders of them) -> one, correct offsets")
     p.add_argument("src_paths", nargs="+", help=".pbin files or directories holding them (sorted)")
@@ -95,6 +94,14 @@ def _pack_encoded_data(a: argparse.Namespace) -> str | None:
     return f"{report.dst}: {report.num_docs} documents, {report.num_tokens} tokens of {report.width} bytes"
 
 
+def _prepare_instruction_tuning_data(a: argparse.Namespace) -> str | None:
+    from jaxgpt.data.prepare.instruction import prepare_instruction_data
+
+    report = prepare_instruction_data(a.config_file_path)
+    counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
+    return f"{report.folder}: conversations {counts}"
+
+
 def _merge_packed_data(a: argparse.Namespace) -> str | None:
     from jaxgpt.data.prepare.merge import merge_files
 
@@ -136,6 +143,7 @@ def _chunk(a: argparse.Namespace) -> str | None:
 COMMANDS = {
     "create_raw_index": _create_raw_index,
     "pack_encoded_data": _pack_encoded_data,
+    "prepare_instruction_tuning_data": _prepare_instruction_tuning_data,
     "merge_packed_data": _merge_packed_data,
     "shuffle_tokenized_data": _shuffle_tokenized_data,
     "shuffle_jsonl_data": _shuffle_jsonl_data,

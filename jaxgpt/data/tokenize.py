@@ -129,6 +129,24 @@ def fast_path_blocker(spec: dict) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How texts are encoded beyond the tokenizer.json: the options of a Modalities `pretrained_hf_tokenizer`, which
+    HF transformers applies through the `tokenizers` library's own special tokens, truncation and padding."""
+
+    specials: tuple[str, ...] = ()  # tokens made special (split out of the text first), as add_special_tokens does
+    max_length: int | None = None  # the length truncation cuts to and padding fills to
+    truncation: bool = False  # cut every text to max_length ids (from the right)
+    pad_token: str | None = None  # pad every text to max_length ids with this token (padding: max_length)
+
+    @property
+    def plain(self) -> bool:
+        return not (self.specials or self.truncation or self.pad_token)
+
+
+PLAIN = Encoding()  # the tokenizer.json as it is
+
+
 @dataclasses.dataclass
 class Tokenizer:
     """A tokenizer.json ready for packing: which backend, the base vocabulary size and the .pbin token width."""
@@ -139,10 +157,11 @@ class Tokenizer:
     width: int  # bytes per token in the .pbin
     max_id: int  # largest id the tokenizer can emit
     blocker: str | None = None  # why backend "auto" did not take the fast path (None when it did or "hf" was asked)
+    encoding: Encoding = PLAIN  # special tokens, truncation and padding (backend "hf" only)
 
     @functools.cached_property
     def _impl(self):
-        return _build_tiktoken(self.path) if self.backend == "tiktoken" else _build_hf(self.path)
+        return _build_tiktoken(self.path) if self.backend == "tiktoken" else _build_hf(self.path, self.encoding)
 
     def __getstate__(self):
         # Worker processes started by spawn rebuild the backend from the file instead of pickling it.
@@ -152,7 +171,7 @@ class Tokenizer:
 
     def token_id(self, token: str) -> int | None:
         """Id of `token` as HF's token_to_id finds it (added tokens, then the vocabulary), or None."""
-        return _build_hf(self.path).token_to_id(token) if self.backend == "hf" else _lookup_json(self.path, token)
+        return self._impl.token_to_id(token) if self.backend == "hf" else _lookup_json(self.path, token)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         """Ids of each text as HF would give them (default special-token handling), as uint32 arrays."""
@@ -192,10 +211,23 @@ def _lookup_json(path: str, token: str) -> int | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _build_hf(path: str):
+def _build_hf(path: str, encoding: Encoding = PLAIN):
     import tokenizers
 
-    return tokenizers.Tokenizer.from_file(path)
+    tokenizer = tokenizers.Tokenizer.from_file(path)
+    if encoding.specials:
+        # transformers' add_special_tokens: a token of the vocabulary keeps its id and becomes special
+        tokenizer.add_special_tokens(
+            [tokenizers.AddedToken(t, special=True, normalized=False) for t in encoding.specials]
+        )
+    if encoding.truncation:
+        tokenizer.enable_truncation(encoding.max_length, direction="right")
+    if encoding.pad_token is not None:
+        pad_id = tokenizer.token_to_id(encoding.pad_token)
+        tokenizer.enable_padding(
+            length=encoding.max_length, direction="right", pad_id=pad_id, pad_token=encoding.pad_token
+        )
+    return tokenizer
 
 
 @functools.lru_cache(maxsize=4)
@@ -210,9 +242,10 @@ def _build_tiktoken(path: str):
     return tiktoken.Encoding(os.path.basename(path), pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=added)
 
 
-def load_tokenizer(path: str | os.PathLike, backend: str = "auto") -> Tokenizer:
+def load_tokenizer(path: str | os.PathLike, backend: str = "auto", encoding: Encoding = PLAIN) -> Tokenizer:
     """Loads a tokenizer.json. Backend "auto" takes the tiktoken fast path for a vetted vocabulary (GPT-2's) that passes
-    every check, else HF; "hf" never takes it; "tiktoken" refuses a tokenizer that "auto" would not run on tiktoken."""
+    every check, else HF; "hf" never takes it; "tiktoken" refuses a tokenizer that "auto" would not run on tiktoken.
+    An `encoding` other than the plain one runs on HF, which applies it."""
     path = os.fspath(path)
     if backend not in ("auto", "hf", "tiktoken"):
         raise PackedDataError(f"tokenizer backend must be auto, hf or tiktoken, got {backend!r}")
@@ -225,8 +258,10 @@ def load_tokenizer(path: str | os.PathLike, backend: str = "auto") -> Tokenizer:
         raise PackedDataError(f"{path}: not a loadable tokenizer.json ({type(e).__name__}: {e})") from None
     vocab_size = hf.get_vocab_size(with_added_tokens=False)
     max_id = max(hf.get_vocab().values())
-    if backend == "hf":
-        return Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id)
+    if backend == "hf" or (backend == "auto" and not encoding.plain):
+        return Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id, encoding=_checked(encoding, hf, path))
+    if not encoding.plain:
+        raise PackedDataError(f"{path}: tokenizer backend 'tiktoken' refused: special tokens, truncation or padding")
     blocker = fast_path_blocker(spec)
     for t in spec.get("added_tokens") or []:
         # HF gives an added token missing from the vocabulary the next free id, whatever id the file writes for it;
@@ -244,3 +279,18 @@ def load_tokenizer(path: str | os.PathLike, backend: str = "auto") -> Tokenizer:
         # Never a silent fallback and never unchecked ids: the caller asked for tiktoken, so say why it is refused.
         raise PackedDataError(f"{path}: tokenizer backend 'tiktoken' refused: {blocker}; use 'auto' or 'hf'")
     return Tokenizer(path, "hf", vocab_size, token_width(vocab_size), max_id, blocker)
+
+
+def _checked(encoding: Encoding, hf, path: str) -> Encoding:
+    """The encoding, after checking that its tokens exist: adding one would need a row the model lacks (`jaxgpt data
+    add_special_tokens` adds tokens into the table's spare rows; Modalities refuses them)."""
+    for token in (*encoding.specials, *([encoding.pad_token] if encoding.pad_token else [])):
+        if hf.token_to_id(token) is None:
+            raise PackedDataError(
+                f"{path}: special token {token!r} is not in the vocabulary (`jaxgpt data add_special_tokens` adds it)"
+            )
+    if (encoding.truncation or encoding.pad_token) and not (
+        isinstance(encoding.max_length, int) and encoding.max_length > 0
+    ):
+        raise PackedDataError(f"{path}: truncation and padding need a max_length >= 1, got {encoding.max_length!r}")
+    return encoding

@@ -55,7 +55,7 @@ from jaxgpt.data.prepare.index import (
     json_fault,
     parse_json,
 )
-from jaxgpt.data.tokenize import Tokenizer, load_tokenizer
+from jaxgpt.data.tokenize import PLAIN, Encoding, Tokenizer, load_tokenizer
 from jaxgpt.errors import PackedDataError, check_int
 from jaxgpt.io import atomic_output
 
@@ -304,6 +304,7 @@ def pack_jsonl(
     skip_faulty_lines: bool = False,
     file_existence_policy: str = "error",
     tokenizer_backend: str = "auto",
+    encoding: Encoding = PLAIN,
     progress: bool = True,
     batch_bytes: int = 1 << 20,
 ) -> PackReport | None:
@@ -317,7 +318,7 @@ def pack_jsonl(
     num_processes = _check_num_processes(num_processes)
     if not check_output(dst, file_existence_policy, [src, index_path]):
         return None
-    tokenizer, eod_id = _load_tokenizer_with_eod(tokenizer_file, tokenizer_backend, eod_token)
+    tokenizer, eod_id = _load_tokenizer_with_eod(tokenizer_file, tokenizer_backend, eod_token, encoding)
     _Extractor(jq_pattern)  # compile errors surface here, before any worker starts
     index_Nx2 = read_idx_array(index_path)
     contiguous = _check_index_fits(src, index_path, index_Nx2)
@@ -354,9 +355,11 @@ def _check_num_processes(num_processes: int | None) -> int:
     return check_int("--num_processes", num_processes)  # 0 must not quietly mean "all CPUs"
 
 
-def _load_tokenizer_with_eod(tokenizer_file: str | os.PathLike, backend: str, eod_token: str) -> tuple[Tokenizer, int]:
+def _load_tokenizer_with_eod(
+    tokenizer_file: str | os.PathLike, backend: str, eod_token: str, encoding: Encoding
+) -> tuple[Tokenizer, int]:
     """The tokenizer and the id of its EOD token, which must exist and fit the token width."""
-    tokenizer = load_tokenizer(tokenizer_file, backend)
+    tokenizer = load_tokenizer(tokenizer_file, backend, encoding)
     eod_id = tokenizer.token_id(eod_token)
     if eod_id is None:
         raise PackedDataError(
