@@ -42,10 +42,28 @@ class DataConfig(Section):
     seq_len: int = 512  # tokens per training sequence S (windows hold S + 1 tokens)
     seed: int = 0  # shuffle seed; the batch order is a pure function of (seed, global batch, window count, step)
     prefetch: int = knob(2, resumable=True)  # global batches prepared ahead of the device
+    # Instruction tuning (docs/instruction_tuning.md): the begin and end marker of the targets that count, e.g.
+    # ("^", "$"), each one token of data.tokenizer_file; () counts every target
+    loss_mask_tokens: tuple = ()
+    # True: overlapping windows of S + 1 tokens (pretraining); False: disjoint blocks of S + 1 (Modalities' False)
+    reuse_last_target: bool = True
 
     def __post_init__(self):
         check_int("data.prefetch", self.prefetch, minimum=0)
         check_int("data.seed", self.seed, minimum=0)
+        if isinstance(self.loss_mask_tokens, list):  # as config.json gives it back
+            object.__setattr__(self, "loss_mask_tokens", tuple(self.loss_mask_tokens))
+        tokens = self.loss_mask_tokens
+        if (
+            not isinstance(tokens, tuple)
+            or tokens
+            and (len(tokens) != 2 or not all(isinstance(t, str) and t for t in tokens) or tokens[0] == tokens[1])
+        ):
+            raise ConfigError(
+                f"data.loss_mask_tokens={tokens!r} must be () or two different tokens, begin and end: ('^', '$')"
+            )
+        if not isinstance(self.reuse_last_target, bool):
+            raise ConfigError(f"data.reuse_last_target={self.reuse_last_target!r} must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)

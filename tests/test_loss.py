@@ -24,11 +24,15 @@ def _inputs(seed=0):
     return h_BxTxD, w_VxD, targets_BxT
 
 
-def _reference(h_BxTxD, w_VxD, targets_BxT, z_loss):
+def _reference(h_BxTxD, w_VxD, targets_BxT, z_loss, mask_BxT=None):
+    """Plain autodiff of the unfused loss; with a mask, the mean over the masked tokens."""
     logits_BxTxV = jnp.einsum("BTD,VD->BTV", h_BxTxD, w_VxD, precision="highest")
     lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-    ce = jnp.mean(lse_BxT - jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0])
-    return ce + z_loss * jnp.mean(lse_BxT**2), ce
+    ce_BxT = lse_BxT - jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    if mask_BxT is None:
+        return jnp.mean(ce_BxT) + z_loss * jnp.mean(lse_BxT**2), jnp.mean(ce_BxT)
+    mean = lambda x: jnp.sum(jnp.where(mask_BxT, x, 0.0)) / jnp.sum(mask_BxT)  # noqa: E731
+    return mean(ce_BxT) + z_loss * mean(lse_BxT**2), mean(ce_BxT)
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 4, 12])
@@ -44,6 +48,34 @@ def test_value_and_grads_equal_autodiff(chunks, z_loss):
     assert_close(dh, ref_dh, depth=V)  # d h sums over the vocab rows
     assert_close(dw, ref_dw, depth=B * T)  # d W sums over the tokens
     assert (loss > ce) == (z_loss > 0)
+
+
+@pytest.mark.parametrize("chunks", [1, 4])
+@pytest.mark.parametrize("z_loss", [0.0, 0.1])
+def test_masked_value_and_grads_equal_autodiff_of_the_masked_mean(chunks, z_loss):
+    h, w, targets = _inputs(4)
+    mask = jax.random.bernoulli(jax.random.key(5), 0.4, (B, T))
+    weights = mask / mask.sum()
+    grad = jax.value_and_grad(
+        lambda h, w: lm_loss(h, w, targets, z_loss, chunks, weights), argnums=(0, 1), has_aux=True
+    )
+    ref_grad = jax.value_and_grad(lambda h, w: _reference(h, w, targets, z_loss, mask), argnums=(0, 1), has_aux=True)
+    (loss, ce), (dh, dw) = jax.jit(grad)(h, w)
+    (ref_loss, ref_ce), (ref_dh, ref_dw) = ref_grad(h, w)
+    assert_close(loss, ref_loss, depth=V)
+    assert_close(ce, ref_ce, depth=V)
+    assert_close(dh, ref_dh, depth=V)
+    assert_close(dw, ref_dw, depth=B * T)
+    assert not np.asarray(dh)[~np.asarray(mask)].any()  # a token outside the mask gets no gradient at all
+
+
+def test_all_ones_weights_are_the_plain_mean():
+    h, w, targets = _inputs(6)
+    weights = jnp.full((B, T), 1.0 / (B * T))
+    plain = jax.value_and_grad(lambda h: lm_loss(h, w, targets, 0.1, 4)[0])(h)
+    weighted = jax.value_and_grad(lambda h: lm_loss(h, w, targets, 0.1, 4, weights)[0])(h)
+    assert_close(weighted[0], plain[0], depth=V)
+    assert_close(weighted[1], plain[1], depth=V)
 
 
 def test_cotangent_scales_gradients():

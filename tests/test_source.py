@@ -188,6 +188,52 @@ print(json.dumps({{"len": int(len(ds)), "rows": [[int(t) for t in ds[i]["x"]] fo
     np.testing.assert_array_equal(src.read_windows(np.array(picks)), np.array(ref["rows"]))
 
 
+SFT_GOLDEN = TEST_DATA / "sft" / "expected"
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_disjoint_windows_equal_modalities_reuse_last_target_false(split):
+    """reuse_last_target=False: Modalities' own windows of the packed chats (tests/data/sft), every one, in order."""
+    golden = np.load(SFT_GOLDEN / "windows_and_masks.npz")
+    pbin = SFT_GOLDEN / "chat_553cbc2" / f"chat_{split}.553cbc2.pbin"
+    src = PackedWindowSource(pbin, seq_len=64, reuse_last_target=False)
+    np.testing.assert_array_equal(src.read_windows(np.arange(len(src))), golden[f"windows_{split}"])
+    overlap = golden[f"windows_overlap_{split}"]  # and the overlapping windows of the same file
+    np.testing.assert_array_equal(PackedWindowSource(pbin, seq_len=64).read_windows(np.arange(len(overlap))), overlap)
+
+
+@pytest.mark.parametrize("num_tokens", [9, 10, 11, 19, 20, 21, 100])
+def test_disjoint_window_count_is_modalities_formula(tmp_path, num_tokens):
+    path = write_pbin(tmp_path / "a.pbin", range(num_tokens))
+    if num_tokens < 10:
+        with pytest.raises(PackedDataError, match="hold no window"):
+            PackedWindowSource(path, seq_len=9, reuse_last_target=False)
+        return
+    src = PackedWindowSource(path, seq_len=9, reuse_last_target=False)
+    assert len(src) == num_tokens // 10  # Modalities: total_tokens // block_size
+    np.testing.assert_array_equal(src.read_windows(np.arange(len(src))), np.arange(len(src) * 10).reshape(-1, 10))
+
+
+@needs_modalities
+def test_disjoint_windows_equal_modalities_class_live():
+    """Modalities itself, PackedMemMapDatasetContinuous(reuse_last_target=False), on the RedPajama sample."""
+    src = PackedWindowSource([REDPAJAMA_TRAIN], 127, reuse_last_target=False)
+    picks = [0, 1, 2, 1000, len(src) - 1]
+    script = f"""
+import json
+from pathlib import Path
+from modalities.dataloader.dataset import PackedMemMapDatasetContinuous
+ds = PackedMemMapDatasetContinuous(Path({str(REDPAJAMA_TRAIN)!r}), "x", 128, False)
+print(json.dumps({{"len": int(len(ds)), "rows": [[int(t) for t in ds[i]["x"]] for i in {picks!r}]}}))
+"""
+    out = subprocess.run(
+        [str(MODALITIES_PYTHON), "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    ref = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(src) == ref["len"]
+    np.testing.assert_array_equal(src.read_windows(np.array(picks)), np.array(ref["rows"]))
+
+
 def test_a_file_truncated_or_removed_while_in_use_is_a_clean_error(tmp_path):
     path = write_pbin(tmp_path / "a.pbin", range(40))
     src = PackedWindowSource(path, seq_len=9)

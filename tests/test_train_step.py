@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_close, atol_for
 
+from jaxgpt.data.sft import loss_mask
 from jaxgpt.errors import ConfigError
 from jaxgpt.model import ModelConfig, count_params
 from jaxgpt.sharding import batch_sharding, data_parallel_size, make_mesh
@@ -337,3 +338,61 @@ def test_compile_options_an_xla_rejects_fall_back_with_a_warning(monkeypatch):
             assert compiler_options("cpu") is None
     finally:
         compiler_options.cache_clear()
+
+
+# --- loss masks (instruction tuning) ---------------------------------------------------------------------------------
+
+BEGIN, END = 1, 2  # marker ids in the test vocabulary
+MASKED = dataclasses.replace(STEP, loss_mask_ids=(BEGIN, END))
+
+
+def _chat_batch(mesh, G=8, T=16, seed=0, turns=True):
+    """Random ids with assistant turns (begin ... end) in most rows, and rows with no marker at all."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, 256, (G, T + 1)).astype(np.int32)
+    for row in tokens[: G - 2] if turns else []:
+        begin = rng.integers(0, T - 4)
+        row[begin], row[begin + rng.integers(2, 5)] = BEGIN, END
+    put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+    return {"inputs": put(tokens[:, :-1]), "targets": put(tokens[:, 1:]), "mask": put(np.ones((G, T), np.float32))}
+
+
+def test_masked_loss_is_the_same_on_any_mesh_and_accumulation():
+    """The mean over the counted targets of the whole global batch: 1 device == 2x2x2 == 4 micro batches."""
+    single, sharded, fsdp = _mesh(), _mesh(2, 2, 2), _mesh(fsdp=2)
+    _, state_np, _ = _setup(MASKED, single)
+    batch = _chat_batch(single, G=16)
+    updates_1, metrics_1 = _one_step(MASKED, single, batch)
+    counted = int(loss_mask(np.asarray(batch["targets"]), BEGIN, END).sum())
+    assert 0 < metrics_1["tokens_counted"] == counted < 16 * 16
+    for mesh, accum in ((sharded, 1), (fsdp, 4)):
+        cfg = dataclasses.replace(MASKED, grad_accum=accum)
+        updates, metrics = _one_step(cfg, mesh, _chat_batch(mesh, G=16), state_np=state_np)
+        assert metrics["tokens_counted"] == counted
+        _assert_metrics_close(metrics, metrics_1)
+        _assert_updates_close(updates, updates_1, state_np.params, depth=counted)
+
+
+def test_masked_loss_is_the_eval_steps_masked_mean():
+    mesh = _mesh(2, 2, 2)
+    layout, state_np, _ = _setup(MASKED, mesh)
+    batch = _chat_batch(mesh, seed=3)
+    out = make_eval_step(layout)(_put(state_np, MASKED, mesh).params, batch)
+    _, metrics = _one_step(MASKED, mesh, batch)
+    assert float(out["num_tokens"]) == metrics["tokens_counted"]
+    assert_close(float(out["loss_sum"]) / metrics["tokens_counted"], metrics["loss"], depth=G_T + MODEL.vocab_size)
+
+
+def test_a_batch_with_no_counted_target_changes_nothing_but_the_step():
+    mesh = _mesh(fsdp=2)
+    layout, state_np, step = _setup(MASKED, mesh)
+    batch = _chat_batch(mesh, turns=False)
+    new_state, metrics = step(_put(state_np, MASKED, mesh), {k: batch[k] for k in ("inputs", "targets")})
+    assert {k: float(v) for k, v in metrics.items() if k != "lr"} == {
+        "loss": 0.0,
+        "grad_norm": 0.0,
+        "tokens_counted": 0,
+    }
+    assert int(new_state.step) == 1
+    for new, old in zip(jax.tree.leaves((new_state.params, new_state.opt_state)), jax.tree.leaves(state_np)[1:]):
+        np.testing.assert_array_equal(np.asarray(new), old)

@@ -78,33 +78,46 @@ def token_losses(h_BxTxD: jax.Array, w_VxD: jax.Array, targets_BxT: jax.Array, c
     return _from_chunks(ce_NxBxC), _from_chunks(lse_NxBxC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def lm_loss(h_BxTxD: jax.Array, w_VxD: jax.Array, targets_BxT: jax.Array, z_loss: float, chunks: int):
+def lm_loss(h_BxTxD, w_VxD, targets_BxT, z_loss: float, chunks: int, weights_BxT: jax.Array | None = None):
     """(loss, ce): ce = mean cross-entropy over all B*T tokens, loss = ce + z_loss * mean(lse^2), both float32.
 
     h_BxTxD: final hidden states in the compute dtype; w_VxD: the vocab projection in float32 (cast to h's dtype for
     the matmuls; its gradient comes back in float32). chunks: how many pieces T is cut into (1: one piece).
+    weights_BxT: float32 weight per token in place of the mean's 1 / (B T), e.g. a loss mask over its count; the sums
+    are then weighted sums (the mask enters the fused pass: still no float32 logits kept).
     Differentiate `loss`; `ce` is a metric (return it as has_aux). With z_loss > 0 a cotangent reaching `ce` is refused,
     also a zero one that a transform made concrete: the gradients kept are those of `loss`.
     """
+    return _lm_loss(h_BxTxD, w_VxD, targets_BxT, weights_BxT, z_loss, chunks)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _lm_loss(h_BxTxD, w_VxD, targets_BxT, weights_BxT, z_loss, chunks):
     ce_BxT, lse_BxT = token_losses(h_BxTxD, w_VxD, targets_BxT, chunks)
-    ce = ce_BxT.mean()
-    return ce + z_loss * jnp.mean(lse_BxT**2), ce
+    if weights_BxT is None:
+        ce = ce_BxT.mean()
+        return ce + z_loss * jnp.mean(lse_BxT**2), ce
+    ce = jnp.sum(ce_BxT * weights_BxT)
+    return ce + z_loss * jnp.sum(lse_BxT**2 * weights_BxT), ce
 
 
-def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
+def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, weights_BxT, z_loss, chunks):
     h_BxTxD, w_VxD, targets_BxT = (p.value for p in (h_BxTxD, w_VxD, targets_BxT))
+    weights_BxT = None if weights_BxT is None else weights_BxT.value
     B, T, D = h_BxTxD.shape
     check_chunks(T, chunks)
     # S divides B under the meshes the step builds; gcd keeps odd direct calls correct (just less local)
     dtype, scale, S = h_BxTxD.dtype, 1.0 / (B * T), math.gcd(B, batch_shards())
+    # a token's weight: the mean's 1 / (B T), or weights_BxT, which then also replaces the final scaling of the sums
+    final_scale = scale if weights_BxT is None else 1.0
     # whole along D, split along V as the logits are: the target rows' lookup below is then local to each V shard, and
     # with tied embeddings this is the layout the token lookup gathers too, so one FSDP all-gather of W serves both
     w_lo_VxD = constrain(w_VxD.astype(dtype), "vocab", None)
 
     def chunk(carry, xs):
         dw_SxVxD, ce_B, lse2_B = carry
-        h_BxCxD, targets_BxC = xs
+        h_BxCxD, targets_BxC, weights_BxC = xs
+        scale_BxC = scale if weights_BxC is None else weights_BxC
         logits_BxCxV = vocab_logits(h_BxCxD, w_lo_VxD)
         max_BxC = logits_BxCxV.max(-1)
         exp_BxCxV = jnp.exp(logits_BxCxV - max_BxC[..., None])
@@ -115,8 +128,8 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
         # writes them, target zeroed, as the gradient matmuls' operand; the target entry stays in float32
         is_target_BxCxV = targets_BxC[..., None] == jnp.arange(logits_BxCxV.shape[-1], dtype=targets_BxC.dtype)
         rest_BxCxV = constrain(jnp.where(is_target_BxCxV, 0.0, exp_BxCxV).astype(dtype), "batch", "seq", "vocab")
-        factor_BxC = scale * (1.0 + 2.0 * z_loss * lse_BxC) / sum_BxC
-        dtarget_BxC = factor_BxC * jnp.exp(target_logit_BxC - max_BxC) - scale
+        factor_BxC = scale_BxC * (1.0 + 2.0 * z_loss * lse_BxC) / sum_BxC
+        dtarget_BxC = factor_BxC * jnp.exp(target_logit_BxC - max_BxC) - scale_BxC
         dh_BxCxD = jnp.einsum("BCV,VD->BCD", rest_BxCxV, w_lo_VxD, preferred_element_type=jnp.float32)
         w_target_BxCxD = constrain(w_lo_VxD[targets_BxC], "batch", "seq", "act_embed")
         dh_BxCxD = dh_BxCxD * factor_BxC[..., None] + dtarget_BxC[..., None] * w_target_BxCxD
@@ -133,17 +146,21 @@ def _lm_loss_fwd(h_BxTxD, w_VxD, targets_BxT, z_loss, chunks):
         dw_SxVxD = add_rows(dw_SxVxD, targets_BxC.reshape(S, R), h_target_SxRxD)
         dw_SxVxD = constrain(dw_SxVxD, "batch", "vocab", None)
         # per-row sums: like d W, they stay on their device until the loop ends
-        carry = (dw_SxVxD, ce_B + (lse_BxC - target_logit_BxC).sum(-1), lse2_B + jnp.sum(lse_BxC**2, -1))
+        ce_BxC, lse2_BxC = lse_BxC - target_logit_BxC, lse_BxC**2
+        if weights_BxC is not None:
+            ce_BxC, lse2_BxC = ce_BxC * weights_BxC, lse2_BxC * weights_BxC
+        carry = (dw_SxVxD, ce_B + ce_BxC.sum(-1), lse2_B + lse2_BxC.sum(-1))
         return carry, constrain(dh_BxCxD.astype(dtype), "batch", "seq", "act_embed")
 
     zeros_B = constrain(jnp.zeros((B,), jnp.float32), "batch")
     init = (constrain(jnp.zeros((S, *w_VxD.shape), jnp.float32), "batch", "vocab", None), zeros_B, zeros_B)
-    xs = (_to_chunks(h_BxTxD, chunks), _to_chunks(targets_BxT, chunks))
+    weights_NxBxC = None if weights_BxT is None else _to_chunks(weights_BxT, chunks)
+    xs = (_to_chunks(h_BxTxD, chunks), _to_chunks(targets_BxT, chunks), weights_NxBxC)
     (dw_SxVxD, ce_B, lse2_B), dh_NxBxCxD = jax.lax.scan(chunk, init, xs)
-    ce = ce_B.sum() * scale
+    ce = ce_B.sum() * final_scale
     # the one cross-device reduction of d W, into the layout of the parameter
     dw_VxD = constrain(dw_SxVxD.sum(0).astype(w_VxD.dtype), "vocab", "embed")
-    return (ce + z_loss * lse2_B.sum() * scale, ce), (_from_chunks(dh_NxBxCxD), dw_VxD)
+    return (ce + z_loss * lse2_B.sum() * final_scale, ce), (_from_chunks(dh_NxBxCxD), dw_VxD)
 
 
 def _lm_loss_bwd(z_loss, chunks, residuals, cotangents):
@@ -155,7 +172,7 @@ def _lm_loss_bwd(z_loss, chunks, residuals, cotangents):
         )
     # with z_loss == 0, loss and ce are the same function, so their cotangents add
     g = (0.0 if isinstance(g_loss, SymbolicZero) else g_loss) + (0.0 if isinstance(g_ce, SymbolicZero) else g_ce)
-    return (g * dh_BxTxD).astype(dh_BxTxD.dtype), g * dw_VxD, None
+    return (g * dh_BxTxD).astype(dh_BxTxD.dtype), g * dw_VxD, None, None
 
 
-lm_loss.defvjp(_lm_loss_fwd, _lm_loss_bwd, symbolic_zeros=True)
+_lm_loss.defvjp(_lm_loss_fwd, _lm_loss_bwd, symbolic_zeros=True)

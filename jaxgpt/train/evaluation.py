@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 
 from jaxgpt import sharding
@@ -31,8 +32,11 @@ def evaluate(
             loss_sum += float(out["loss_sum"])
             num_tokens += float(out["num_tokens"])
             on_batch()
+    if not num_tokens:  # loss masks with no assistant target in the evaluated windows
+        warnings.warn("evaluation counted no target (data.loss_mask_tokens): eval_loss is NaN", stacklevel=2)
+        return {"eval_loss": math.nan, "eval_ppl": math.nan, "eval_tokens": 0.0}
     loss = loss_sum / num_tokens
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0)), "eval_tokens": num_tokens}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ Every bad setting or data file fails here, before the workdir is touched (a refu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 
@@ -73,13 +74,17 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     # Every read is checked against the vocabulary: ids from another tokenizer must fail here, not as a NaN loss.
     d, vocab = config.data, config.model.vocab_size
-    train_src = PackedWindowSource(split_paths(d.train_path, "data.train_path"), d.seq_len, vocab)
-    val_src = PackedWindowSource(split_paths(d.val_path, "data.val_path"), d.seq_len, vocab) if d.val_path else None
+    windows = functools.partial(
+        PackedWindowSource, seq_len=d.seq_len, vocab_size=vocab, reuse_last_target=d.reuse_last_target
+    )
+    train_src = windows(split_paths(d.train_path, "data.train_path"))
+    val_src = windows(split_paths(d.val_path, "data.val_path")) if d.val_path else None
     plan = make_plan(config, mesh, train_src)
     records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
+    mask_ids = loss_mask_ids(d.tokenizer_file, d.loss_mask_tokens)
     if val_src is not None:
         check_validation_windows(val_src, config.train.eval_steps * plan.eval_batch)
-    step_cfg = StepConfig.from_config(cfg, plan.num_steps).resolved(mesh.devices.flat[0].platform)
+    step_cfg = StepConfig.from_config(cfg, plan.num_steps, mask_ids).resolved(mesh.devices.flat[0].platform)
     # From here on the config names the dtype "auto" picked: config.json and the checkpoints record it, and a resume
     # compares it, so "auto" resumes a run of the dtype it picks (and refuses one of the other).
     cfg = cfg.copy_and_resolve_references()
@@ -172,6 +177,21 @@ def check_tokenizer(path: str, vocab_size: int) -> bool:
         )
         return False
     return True
+
+
+def loss_mask_ids(tokenizer_file: str, tokens: tuple[str, ...]) -> tuple[int, int] | None:
+    """The ids of data.loss_mask_tokens in data.tokenizer_file; each must be one token of it."""
+    if not tokens:
+        return None
+    tokenizer = load_tokenizer(tokenizer_file, backend="hf")
+    ids = tuple(tokenizer.token_id(t) for t in tokens)
+    for i, (token, token_id) in enumerate(zip(tokens, ids)):
+        if token_id is None:
+            raise ConfigError(
+                f"data.loss_mask_tokens[{i}]={token!r} is not a token of data.tokenizer_file={tokenizer_file!r}"
+                " (`jaxgpt data add_special_tokens` adds one)"
+            )
+    return ids
 
 
 def peak_flops(config: RunConfig) -> float:

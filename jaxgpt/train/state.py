@@ -43,6 +43,8 @@ class StepConfig:
     z_loss: float = TrainConfig.z_loss
     loss_chunks: int = TrainConfig.loss_chunks  # pieces of T the fused vocab projection + cross-entropy walks
     attention: str = TrainConfig.attention  # "auto" | "xla" | "cudnn": implementation of dot_product_attention
+    # (begin, end) marker ids of data.loss_mask_tokens: only targets between them count (jaxgpt.data.sft); None: all
+    loss_mask_ids: tuple[int, int] | None = None
 
     def __post_init__(self):
         check_int("train.num_steps", self.num_steps)
@@ -56,12 +58,16 @@ class StepConfig:
         check_kernel(self.attention)
 
     @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict, num_steps: int) -> StepConfig:
-        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch)."""
+    def from_config(
+        cls, cfg: ml_collections.ConfigDict, num_steps: int, loss_mask_ids: tuple[int, int] | None = None
+    ) -> StepConfig:
+        """From the root config; num_steps is resolved by the caller (train.num_steps may be None: one epoch), and so
+        are the ids of data.loss_mask_tokens (they need the tokenizer)."""
         train = TrainConfig.from_config(cfg)
         names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(train)}
         knobs = {name: getattr(train, name) for name in names - {"num_steps"}}
         knobs["z_loss"] = float(knobs["z_loss"])  # one type, so that 0 and 0.0 compile the step once
+        knobs["loss_mask_ids"] = loss_mask_ids
         return cls(ModelConfig.from_config(cfg), OptimConfig.from_config(cfg), num_steps, **knobs)
 
     def resolved(self, platform: str) -> StepConfig:

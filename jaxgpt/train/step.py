@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxgpt.data.sft import loss_mask
 from jaxgpt.model.loss import lm_loss, token_losses
 from jaxgpt.sharding import batch_sharding, constrain, logical_spec
 from jaxgpt.train.optim import lr_schedule, make_optimizer
@@ -58,50 +59,73 @@ def compiler_options(platform: str) -> dict | None:
     return dict(_CPU_COMPILER_OPTIONS)
 
 
+def _loss_weights(cfg, targets_GxT: jax.Array) -> tuple[jax.Array | None, jax.Array | None]:
+    """(weights [G, T], count): with loss masks, each counted target's weight 1 / count, the count of the whole global
+    batch, so that any split into devices or micro batches sums to the same mean; (None, None) without masks."""
+    if cfg.loss_mask_ids is None:
+        return None, None
+    mask_GxT = loss_mask(targets_GxT, *cfg.loss_mask_ids)
+    count = jnp.sum(mask_GxT, dtype=jnp.float32)
+    return mask_GxT / jnp.maximum(count, 1.0), count
+
+
 def make_train_step(layout: StateLayout) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """(state, {"inputs", "targets": int32[G, T]}) -> (new state, {"loss", "grad_norm", "lr"}); donates the state."""
+    """(state, {"inputs", "targets": int32[G, T]}) -> (new state, {"loss", "grad_norm", "lr"}); donates the state.
+    With loss masks (cfg.loss_mask_ids) the loss is the mean over the counted targets, the metrics add
+    "tokens_counted", and a batch without any counted target changes nothing but the step (loss 0, no update)."""
     cfg, mesh = layout.cfg, layout.mesh
     tx = make_optimizer(cfg.optim, cfg.num_steps)
     schedule = lr_schedule(cfg.optim, cfg.num_steps)
     accum = cfg.grad_accum
     use_dropout = cfg.model.dropout > 0.0
+    masked = cfg.loss_mask_ids is not None
 
-    def loss_fn(params, inputs_BxT, targets_BxT, key):
+    def loss_fn(params, inputs_BxT, targets_BxT, weights_BxT, key):
         h_BxTxD, w_VxD = _hidden(layout, params, inputs_BxT, key)
-        return lm_loss(h_BxTxD, w_VxD, targets_BxT, cfg.z_loss, cfg.loss_chunks)  # (loss, ce)
+        return lm_loss(h_BxTxD, w_VxD, targets_BxT, cfg.z_loss, cfg.loss_chunks, weights_BxT)  # (loss, ce)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             G = batch["inputs"].shape[0]
             if G % accum:
                 raise ValueError(f"global batch {G} is not a multiple of train.grad_accum={accum}")
+            weights_GxT, count = _loss_weights(cfg, batch["targets"])
             inputs_AxMxT = _split_micro(batch["inputs"], accum)
             targets_AxMxT = _split_micro(batch["targets"], accum)
+            weights_AxMxT = None if weights_GxT is None else _split_micro(weights_GxT, accum)
             step_key = jax.random.fold_in(state.rng, state.step)
 
             def micro(carry, xs):
                 grads_sum, ce_sum = carry
-                index, inputs_MxT, targets_MxT = xs
+                index, inputs_MxT, targets_MxT, weights_MxT = xs
                 key = jax.random.fold_in(step_key, index) if use_dropout else None
-                (_, ce), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, inputs_MxT, targets_MxT, key)
+                loss_and_grads = jax.value_and_grad(loss_fn, has_aux=True)
+                (_, ce), grads = loss_and_grads(state.params, inputs_MxT, targets_MxT, weights_MxT, key)
                 return (jax.tree.map(jnp.add, grads_sum, grads), ce_sum + ce), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            xs = (jnp.arange(accum), inputs_AxMxT, targets_AxMxT)
+            xs = (jnp.arange(accum), inputs_AxMxT, targets_AxMxT, weights_AxMxT)
             (grads_sum, ce_sum), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)), xs)
-            # equal-size micro batches: the mean of their means is the mean over the whole batch
-            grads = jax.tree.map(lambda g: g / accum, grads_sum)
+            # equal-size micro batches: the mean of their means is the mean over the whole batch; with weights the
+            # micro batches' weighted sums already add up to the batch's mean
+            norm = 1 if masked else accum
+            grads = jax.tree.map(lambda g: g / norm, grads_sum)
             grad_norm = optax.tree.norm(grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            if masked:  # nothing to learn from: keep the params and the optimizer's moments (weight decay too)
+                keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(count > 0, n, o), new, old)  # noqa: E731
+                params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
             new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-            metrics = {"loss": ce_sum / accum, "grad_norm": grad_norm, "lr": schedule(state.step)}
+            metrics = {"loss": ce_sum / norm, "grad_norm": grad_norm, "lr": schedule(state.step)}
+            if masked:
+                metrics["tokens_counted"] = count
         return new_state, metrics
 
     state_sh = layout.shardings
     batch_sh = {"inputs": batch_sharding(mesh), "targets": batch_sharding(mesh)}
     scalar = jax.sharding.NamedSharding(mesh, logical_spec())
-    metrics_sh = {"loss": scalar, "grad_norm": scalar, "lr": scalar}
+    metrics_sh = {"loss": scalar, "grad_norm": scalar, "lr": scalar} | ({"tokens_counted": scalar} if masked else {})
     return jax.jit(
         step,
         in_shardings=(state_sh, batch_sh),
@@ -120,6 +144,8 @@ def make_eval_step(layout: StateLayout) -> Callable[[nnx.State, dict], dict]:
             h_GxTxD, w_VxD = _hidden(layout, params, batch["inputs"], None)
             ce_GxT, _ = token_losses(h_GxTxD, w_VxD, batch["targets"], cfg.loss_chunks)
             mask_GxT = batch["mask"].astype(jnp.float32)
+            if cfg.loss_mask_ids is not None:  # the same targets as training counts
+                mask_GxT = mask_GxT * loss_mask(batch["targets"], *cfg.loss_mask_ids)
             return {"loss_sum": jnp.sum(ce_GxT * mask_GxT), "num_tokens": jnp.sum(mask_GxT)}
 
     params_sh = layout.shardings.params

@@ -2,7 +2,11 @@
 
 Window i of a file with T tokens and sequence length S is `tokens[i*S : i*S + S + 1]` (S + 1 tokens), for
 i < N = (T - 1) // S. This is Modalities' `PackedMemMapDatasetContinuous(block_size=S + 1, reuse_last_target=True)`:
-neighbouring windows share one token, documents are crossed freely and the tail is dropped. Several files are joined
+neighbouring windows share one token, documents are crossed freely and the tail is dropped.
+With `reuse_last_target=False` the windows are disjoint blocks, `tokens[i*(S+1) : (i+1)*(S+1)]` for i < T // (S + 1):
+Modalities' `reuse_last_target=False` for its sequence_length S + 1 (its model then sees S tokens, as here). That is
+the instruction-tuning layout: conversations padded to S + 1 tokens are one window each, and the first token of a
+window is never a target. Several files are joined
 like Modalities' `CombinedDataset`: each file is windowed on its own, then the window lists are concatenated, so no
 window spans two files.
 
@@ -31,10 +35,15 @@ class PackedWindowSource:
     a read's pages stay in the kernel's page cache, outside the process (bench/memory.py)."""
 
     def __init__(
-        self, paths: str | os.PathLike | Sequence[str | os.PathLike], seq_len: int, vocab_size: int | None = None
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        seq_len: int,
+        vocab_size: int | None = None,
+        reuse_last_target: bool = True,
     ):
         """`vocab_size`: when given, every window read is checked to hold only ids below it (a file packed with
-        another tokenizer must not reach the embedding lookup, which would clamp or NaN instead of failing)."""
+        another tokenizer must not reach the embedding lookup, which would clamp or NaN instead of failing).
+        `reuse_last_target`: overlapping windows (True) or disjoint blocks (False), module docstring."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = tuple(os.fspath(p) for p in paths)
@@ -42,12 +51,14 @@ class PackedWindowSource:
             raise ConfigError("PackedWindowSource needs at least one .pbin path, got none")
         self.seq_len = int(check_int("seq_len", seq_len))
         self.vocab_size = None if vocab_size is None else int(check_int("vocab_size", vocab_size))
+        self.reuse_last_target = bool(reuse_last_target)
+        self.stride = self.seq_len if reuse_last_target else self.seq_len + 1  # tokens from one window to the next
 
         data_lens, widths, windows = [], [], []
         for path in self.paths:
             data_len, width, _ = read_header(path)
             num_tokens = data_len // width
-            num_windows = max(num_tokens - 1, 0) // self.seq_len
+            num_windows = max(num_tokens - (self.seq_len + 1 - self.stride), 0) // self.stride
             if num_windows < 1:
                 raise PackedDataError(
                     f"{path}: {num_tokens} tokens hold no window of seq_len + 1 = {self.seq_len + 1} tokens;"
@@ -74,7 +85,8 @@ class PackedWindowSource:
         return int(self._first_window[-1])
 
     def __repr__(self) -> str:
-        return f"PackedWindowSource(paths={self.paths!r}, seq_len={self.seq_len})"
+        disjoint = "" if self.reuse_last_target else ", reuse_last_target=False"
+        return f"PackedWindowSource(paths={self.paths!r}, seq_len={self.seq_len}{disjoint})"
 
     def __getstate__(self) -> dict:
         # Worker processes open the files themselves: a file handle or a lock does not travel through pickle.
@@ -137,7 +149,7 @@ class PackedWindowSource:
         fds, S, width = self._open(), self.seq_len, self.width
         raw_NxW = np.empty((len(windows), S + 1), WIDTH_DTYPES[width])
         for row, (f, i) in enumerate(zip(file_of.tolist(), windows.tolist())):
-            offset = HEADER_BYTES + i * S * width  # window i starts at token i * S
+            offset = HEADER_BYTES + i * self.stride * width  # window i starts at token i * stride
             got = os.preadv(fds[f], [raw_NxW[row]], offset)
             if got != raw_NxW[row].nbytes:
                 size = os.fstat(fds[f]).st_size
