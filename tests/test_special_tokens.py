@@ -6,8 +6,11 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
-from conftest import REPO, TOKENIZER
+from conftest import REPO, TOKENIZER, random_params
 
 from jaxgpt.data.prepare.special_tokens import add_special_tokens
 from jaxgpt.data.tokenize import load_tokenizer, vocabulary_hash
@@ -92,3 +95,60 @@ def test_an_existing_output_follows_the_file_existence_policy(tmp_path):
         with pytest.raises(PackedDataError, match=message):
             add_special_tokens(*args, "override")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]
+
+
+def _model_favouring(favoured: int, trap_from: int):
+    """configs/tiny.py (vocab 50304, lm_head untied) whose every hidden state is u and whose lm_head rows make id
+    `favoured` win among the ids below `trap_from`, and the ids from `trap_from` on win over it."""
+    from jaxgpt import sharding
+    from jaxgpt.config import load_config_file
+    from jaxgpt.train.state import StateLayout, StepConfig
+
+    cfg = load_config_file(str(REPO / "configs" / "tiny.py"))
+    cfg.model.tie_embeddings = False
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    layout = StateLayout.build(StepConfig.from_config(cfg, num_steps=1), mesh)
+    model = layout.model(layout.init(0).params)
+    u = np.ones(model.cfg.n_embd, np.float32)
+    model.lm_head_norm.weight[...] = jnp.zeros(model.cfg.n_embd)
+    model.lm_head_norm.bias[...] = jnp.asarray(u)
+    head = np.asarray(model.lm_head.weight[...]) * 0.01
+    head[favoured] = 50.0 * u
+    head[trap_from:] = 100.0 * u
+    model.lm_head.weight[...] = jnp.asarray(head)
+    return model
+
+
+def test_generation_emits_an_added_token_and_never_an_id_above_the_tokenizer(tmp_path):
+    from jaxgpt import generate
+
+    model = _model_favouring(50258, trap_from=50259)
+    extended = load_tokenizer(_extended(tmp_path))
+    for kw in ({"temperature": 1e-6}, {"temperature": 1.0}, {"temperature": 1.0, "top_k": 5}):
+        got = generate.generate(model, extended, ["Hello"], max_new_tokens=4, **kw)[0]
+        assert got.completion_ids == [50258] * 4 and got.completion == NEW[1] * 4, kw
+    # GPT-2's own tokenizer has no id 50258: the same model never emits it, nor anything above 50256
+    got = generate.generate(model, load_tokenizer(TOKENIZER), ["Hello"], max_new_tokens=4)[0]
+    assert all(i <= 50256 for i in got.completion_ids)
+
+
+def test_an_hf_export_carries_the_added_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from jaxgpt.interop import hf
+    from jaxgpt.model import ModelConfig
+
+    extended = _extended(tmp_path)
+    cfg = ModelConfig(n_layer=1, n_embd=16, n_head_q=2, n_head_kv=2, ffn_hidden=32, seq_len=64)  # vocab 50304
+    hf.write_folder(str(tmp_path / "out"), random_params(cfg, 0), cfg, tokenizer_file=str(extended))
+    out = tmp_path / "out"
+    assert (out / "tokenizer.json").read_bytes() == extended.read_bytes()
+    decoder = json.loads((out / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert decoder == {str(t.pop("id")): t for t in json.loads(extended.read_text())["added_tokens"]}
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(50259, 50304))  # after the largest id, 50258
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    for token, id_ in zip(NEW, (50257, 50258)):
+        assert tok(token)["input_ids"] == [id_] and token in tok.all_special_tokens
+    assert tok.eos_token_id == 50256
+    text = f"Hi{NEW[0]}user\nhello{NEW[1]} <|endoftext|>"
+    assert tok(text)["input_ids"] == load_tokenizer(extended).encode_batch([text])[0].tolist()
