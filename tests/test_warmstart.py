@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, TEST_DATA, assert_close, atol_for
+from conftest import REPO, TEST_DATA, assert_close, atol_for, random_params
 
 from jaxgpt import checkpoint, config, sharding, train
 from jaxgpt.data.loader import pipeline
@@ -46,14 +47,14 @@ def run_config(**overrides):
     return cfg
 
 
-def _tokenizer(directory):
-    """A word-level tokenizer.json of 256 ids, the last <|endoftext|>: the fixture's vocabulary size."""
+def _tokenizer(directory, size=256):
+    """A word-level tokenizer.json of `size` ids, the last <|endoftext|> (256: the fixture's vocabulary size)."""
     from tokenizers import Tokenizer, models
 
     path = directory / "tokenizer.json"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        vocab = {f"w{i}": i for i in range(255)} | {"<|endoftext|>": 255}
+        vocab = {f"w{i}": i for i in range(size - 1)} | {"<|endoftext|>": size - 1}
         tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
         tok.add_special_tokens(["<|endoftext|>"])
         tok.save(str(path))
@@ -181,3 +182,72 @@ def test_export_hf_cli_writes_a_folder_and_refuses_cleanly(tmp_path):
     )
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error: --out=")
     assert "Traceback" not in again.stderr
+
+
+def _with_new_tokens(tmp_path, source_dir, new=3):
+    """The fixture's source with a tokenizer of 250 ids in `source_dir`, and the run's tokenizer: the same plus `new`
+    special tokens (ids 250..), as `jaxgpt data add_special_tokens` writes it."""
+    from jaxgpt.data.prepare.special_tokens import add_special_tokens
+
+    theirs = _tokenizer(source_dir, size=250)
+    ours = tmp_path / "run_tokenizer.json"
+    add_special_tokens(str(theirs), str(ours), [f"<|chat{i}|>" for i in range(new)], 1000)
+    return str(ours)
+
+
+@pytest.mark.parametrize("source_kind", ["jaxgpt workdir, tied", "HF folder, untied lm_head"])
+def test_rows_of_ids_new_in_the_runs_tokenizer_are_drawn_afresh_and_all_else_is_the_sources(
+    source_kind, tmp_path, capfd
+):
+    from jaxgpt.interop import hf
+
+    untied = source_kind.startswith("HF")
+    cfg = run_config(**{"model.tie_embeddings": not untied})
+    m = ModelConfig.from_config(cfg)
+    src = tmp_path / "source"
+    if untied:  # an HF folder: its tokenizer.json is what write_folder copies
+        hf_tok = _tokenizer(tmp_path / "hf_tok", size=250)
+        hf.write_folder(str(src), random_params(m, 0), m, tokenizer_file=str(hf_tok))
+        want = random_params(m, 0)
+    else:  # a jaxgpt workdir: its tokenizer.json is the run's record (rundir.TOKENIZER)
+        shutil.copytree(SOURCE, src)
+        want = _source_params()[0]
+    ours = _with_new_tokens(tmp_path, src)
+    layout = _layout(cfg)
+    fresh = flat_params(layout.init(5).params)
+    capfd.readouterr()
+    got = flat_params(warmstart.init_state(layout, 5, str(src), ours).params)
+    tables = ["wte.weight", "lm_head.weight"] if untied else ["wte.weight"]
+    assert sorted(got) == sorted(want) and all(t in got for t in tables)
+    for name in want:
+        if name not in tables:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+            continue
+        np.testing.assert_array_equal(got[name][:250], want[name][:250], err_msg=name)
+        np.testing.assert_array_equal(got[name][250:253], fresh[name][250:253], err_msg=name)
+        np.testing.assert_array_equal(got[name][253:], want[name][253:], err_msg=name)  # padded rows: as before
+        assert not np.array_equal(want[name][250:253], fresh[name][250:253])  # the test can tell the two apart
+    line = f"jaxgpt: 3 rows of {' and '.join(tables)} (ids 250..252, new in data.tokenizer_file) re-initialised"
+    assert line in capfd.readouterr().err
+
+
+def test_new_ids_beyond_the_models_table_and_a_source_without_tokenizer(tmp_path, capfd):
+    src = tmp_path / "source"
+    shutil.copytree(SOURCE, src)
+    layout = _layout(run_config())
+    with pytest.raises(WarmStartError, match=r"its 260 ids need 260 rows, model.vocab_size=256 has 256 \(10 ids"):
+        warmstart.init_state(layout, 0, str(src), _with_new_tokens(tmp_path, src, new=10))
+    # the fixture's own workdir records no tokenizer: every row it has is kept, and the run is told so
+    got = flat_params(warmstart.init_state(layout, 0, SOURCE, str(tmp_path / "run_tokenizer.json")).params)
+    assert "has no tokenizer.json: cannot tell which ids" in capfd.readouterr().err
+    np.testing.assert_array_equal(got["wte.weight"], _source_params()[0]["wte.weight"])
+
+
+def test_a_training_run_passes_its_tokenizer_to_the_warm_start(tmp_path, capfd):
+    src = tmp_path / "source"
+    shutil.copytree(SOURCE, src)
+    ours = _with_new_tokens(tmp_path, src)
+    cfg = run_config(**{"train.init_from": str(src), "train.num_steps": 1})
+    cfg.data.tokenizer_file = ours
+    train.run(cfg, str(tmp_path / "run"))
+    assert "jaxgpt: 3 rows of wte.weight (ids 250..252" in capfd.readouterr().err

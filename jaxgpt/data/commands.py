@@ -78,6 +78,13 @@ def add_data_commands(commands) -> None:
     _chunk_flags(add("create_shuffled_dataset_chunk", "one shuffled chunk of many .pbin"), ".pbin")
     _chunk_flags(add("create_shuffled_jsonl_chunk", "one shuffled chunk of many JSONL"), ".jsonl")
 
+    p = add("add_special_tokens", "a tokenizer.json with new special tokens at the free ids (jaxgpt only)")
+    p.add_argument("tokens", nargs="+", metavar="TOKEN", help="the tokens to add, e.g. '<|im_start|>'")
+    p.add_argument("--tokenizer_file", required=True, help="the tokenizer.json to extend")
+    p.add_argument("--out", required=True, help="the extended tokenizer.json")
+    p.add_argument("--vocab_size", type=int, default=50304, help="the model's table (model.vocab_size): ids stay below")
+    add_policy_flag(p)
+
 
 def _create_raw_index(a: argparse.Namespace) -> str | None:
     from jaxgpt.data.prepare.index import create_index
@@ -140,6 +147,13 @@ def _chunk(a: argparse.Namespace) -> str | None:
     )
 
 
+def _add_special_tokens(a: argparse.Namespace) -> str | None:
+    from jaxgpt.data.prepare.special_tokens import add_special_tokens
+
+    check_int("--vocab_size", a.vocab_size)
+    return add_special_tokens(a.tokenizer_file, a.out, a.tokens, a.vocab_size, a.file_existence_policy)
+
+
 COMMANDS = {
     "create_raw_index": _create_raw_index,
     "pack_encoded_data": _pack_encoded_data,
@@ -149,4 +163,5 @@ COMMANDS = {
     "shuffle_jsonl_data": _shuffle_jsonl_data,
     "create_shuffled_dataset_chunk": _chunk,
     "create_shuffled_jsonl_chunk": _chunk,
+    "add_special_tokens": _add_special_tokens,
 }

@@ -426,19 +426,35 @@ def write_folder(
 
 def write_tokenizer(folder: str, tokenizer_file: str, eod_token: str, eod: int, seq_len: int) -> None:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json: what AutoTokenizer.from_pretrained reads,
-    with bos, eos, pad and unk = eod_token."""
+    with bos, eos, pad and unk = eod_token. Every added token of the tokenizer.json is in added_tokens_decoder with
+    its flags; the special ones besides eod_token (`jaxgpt data add_special_tokens`) are additional_special_tokens,
+    which is what puts them in AutoTokenizer's all_special_tokens."""
     shutil.copyfile(tokenizer_file, os.path.join(folder, "tokenizer.json"))
-    added = {"content": eod_token, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+    decoder = _added_tokens_decoder(tokenizer_file, eod_token, eod)
     specials = {"bos_token": eod_token, "eos_token": eod_token, "pad_token": eod_token, "unk_token": eod_token}
+    extra = [t["content"] for t in decoder.values() if t["special"] and t["content"] != eod_token]
+    if extra:
+        specials["additional_special_tokens"] = extra
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json alone, whatever its vocabulary
-        "added_tokens_decoder": {str(eod): {**added, "special": True}},
+        "added_tokens_decoder": decoder,
         **specials,
         "model_max_length": seq_len,
         "clean_up_tokenization_spaces": False,
     }
     write_json(os.path.join(folder, "tokenizer_config.json"), config)
     write_json(os.path.join(folder, "special_tokens_map.json"), specials)
+
+
+def _added_tokens_decoder(tokenizer_file: str, eod_token: str, eod: int) -> dict[str, dict]:
+    """tokenizer_config.json's added_tokens_decoder: the tokenizer.json's added tokens, by id, with their flags; the
+    eod token special (it is bos, eos, pad and unk), also where the file has it only in its vocabulary."""
+    with open(tokenizer_file, encoding="utf-8") as f:
+        added = json.load(f).get("added_tokens") or []  # readable: special_ids read it first
+    default = {"lstrip": False, "normalized": True, "rstrip": False, "single_word": False, "special": False}
+    decoder = {str(t["id"]): {"content": t["content"], **{k: t.get(k, v) for k, v in default.items()}} for t in added}
+    decoder.setdefault(str(eod), {"content": eod_token, **default})["special"] = True
+    return decoder
 
 
 def write_json(path: str, value: dict) -> None:

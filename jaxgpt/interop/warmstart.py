@@ -5,7 +5,8 @@ Hugging Face folder of a class in jaxgpt/interop/hf.py's table whose config maps
 parameters come over: the optimizer state, the step, the schedule and the dropout key are those of a fresh run, so
 the data, optimizer and cadence settings are free; the architecture must agree, and a difference names the key and
 both values. A source vocab below model.vocab_size (HF's 50257 into 50304) fills the rows it lacks as training's init
-does (train.seed).
+does (train.seed); so do the rows of ids the run's tokenizer has beyond the source's (special tokens added by
+`jaxgpt data add_special_tokens`), when the source keeps its tokenizer.json.
 
 Flat params: {"h.0.attn.q_attn.kernel": numpy array, ...} (interop/params.py).
 """
@@ -19,8 +20,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxgpt import checkpoint
-from jaxgpt.errors import CheckpointError, ExportError, WarmStartError
+from jaxgpt import checkpoint, rundir
+from jaxgpt.data.tokenize import load_tokenizer
+from jaxgpt.errors import CheckpointError, ExportError, PackedDataError, WarmStartError
 from jaxgpt.interop import hf
 from jaxgpt.interop.params import flat_params, key, on_host, with_params
 from jaxgpt.model import ModelConfig
@@ -31,22 +33,71 @@ _FREE = ("dropout", "init_std", "seq_len")
 _VOCAB_TABLES = ("wte.weight", "lm_head.weight")
 
 
-def init_state(layout: StateLayout, seed: int, init_from: str) -> TrainState:
+def init_state(layout: StateLayout, seed: int, init_from: str, tokenizer_file: str = "") -> TrainState:
     """A fresh train state (step 0, fresh optimizer state and dropout key) whose params are those of `init_from`
-    ("": the plain init)."""
+    ("": the plain init). The vocab rows of ids that the run's `tokenizer_file` (data.tokenizer_file) has and the
+    source's tokenizer lacks stay as the init drew them (`new_ids`)."""
     state = layout.init(seed)
     if not init_from:
         return state
     fresh = {key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    new = new_ids(init_from, tokenizer_file, layout.cfg.model.vocab_size) if tokenizer_file else None
     source = load(init_from, layout.cfg.model)
-    for name in _VOCAB_TABLES:  # padded rows the source lacks stay as the init drew them
-        if name in source and source[name].shape[0] < fresh[name].shape[0]:
-            source[name] = np.concatenate([source[name], on_host(fresh[name])[source[name].shape[0] :]])
+    for name in _VOCAB_TABLES:
+        if name in source:
+            source[name] = _fresh_rows(source[name], on_host(fresh[name]), new)
     if sorted(source) != sorted(fresh):
         missing, extra = sorted(set(fresh) - set(source)), sorted(set(source) - set(fresh))
         raise WarmStartError(f"train.init_from={init_from}: parameters differ: missing {missing}, extra {extra}")
     print(f"jaxgpt: parameters from train.init_from={init_from}", file=sys.stderr)
+    if new is not None:
+        tables = " and ".join(n for n in _VOCAB_TABLES if n in source)
+        print(
+            f"jaxgpt: {new.stop - new.start} rows of {tables} (ids {new.start}..{new.stop - 1}, new in"
+            f" data.tokenizer_file) re-initialised as training's init draws them",
+            file=sys.stderr,
+        )
     return state.replace(params=with_params(state.params, source))
+
+
+def _fresh_rows(table: np.ndarray, fresh: np.ndarray, new: range | None) -> np.ndarray:
+    """The source's vocab table with the init's rows where the source has none (padded rows of a smaller table) and
+    for the `new` ids: the source never saw those ids as targets, so its rows for them were only pushed down."""
+    table = np.concatenate([table, fresh[table.shape[0] :]])
+    if new is not None:
+        table[new.start : new.stop] = fresh[new.start : new.stop]
+    return table
+
+
+def new_ids(init_from: str, tokenizer_file: str, vocab_size: int) -> range | None:
+    """The ids that the run's tokenizer has beyond the source's (None: none, or the source's tokenizer is unknown).
+    A jaxgpt workdir and an HF folder alike keep theirs as DIR/tokenizer.json (rundir.TOKENIZER)."""
+    path, _ = _split_step(init_from)
+    theirs = rundir.tokenizer_path(path)
+    if not os.path.isfile(theirs):
+        print(
+            f"jaxgpt: train.init_from={init_from} has no {rundir.TOKENIZER}: cannot tell which ids of"
+            f" data.tokenizer_file are new, every vocab row the source has is kept",
+            file=sys.stderr,
+        )
+        return None
+    before, after = _num_ids(theirs, "train.init_from's tokenizer"), _num_ids(tokenizer_file, "data.tokenizer_file")
+    if after <= before:
+        return None
+    if after > vocab_size:
+        raise WarmStartError(
+            f"data.tokenizer_file={tokenizer_file}: its {after} ids need {after} rows, model.vocab_size={vocab_size}"
+            f" has {vocab_size} ({after - before} ids are new since {theirs})"
+        )
+    return range(before, after)
+
+
+def _num_ids(path: str, what: str) -> int:
+    """The rows a tokenizer needs: its largest id + 1."""
+    try:
+        return load_tokenizer(path, backend="hf").max_id + 1
+    except PackedDataError as e:
+        raise WarmStartError(f"{what}: {e}") from None
 
 
 def load(init_from: str, m: ModelConfig) -> dict[str, np.ndarray]:

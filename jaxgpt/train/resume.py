@@ -34,7 +34,8 @@ def restore_or_init(run: Setup, layout: StateLayout, ckpt: checkpoint.Checkpoint
     found = ckpt.restore_newest(resume, set_aside=True)
     if found is not None:
         return found[1]
-    return warmstart.init_state(layout, run.config.train.seed, run.config.train.init_from)
+    t = run.config.train
+    return warmstart.init_state(layout, t.seed, t.init_from, run.config.data.tokenizer_file)
 
 
 def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, directory: str, step: int) -> None:
