@@ -223,6 +223,8 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer_file", default=None, help="default: WORKDIR/tokenizer.json, which training records")
     p.add_argument("--output_jsonl", default=None, help="also write one JSON object per completion here")
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor over the local devices (-1: those left over)")
+    p.add_argument("--chat", action="store_true", help="reply as the assistant, with the run's chat template")
+    p.add_argument("--chat_template_file", default=None, help="--chat: default WORKDIR/chat_template.yaml")
 
 
 def _generate(a: argparse.Namespace) -> None:

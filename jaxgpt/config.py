@@ -47,6 +47,8 @@ class DataConfig(Section):
     loss_mask_tokens: tuple = ()
     # True: overlapping windows of S + 1 tokens (pretraining); False: disjoint blocks of S + 1 (Modalities' False)
     reuse_last_target: bool = True
+    # The instruction-tuning YAML the data was prepared with; copied to DIR/chat_template.yaml for generate --chat
+    chat_template_file: str = knob("", resumable=True)
 
     def __post_init__(self):
         check_int("data.prefetch", self.prefetch, minimum=0)

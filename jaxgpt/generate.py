@@ -1,6 +1,7 @@
 """Text generation with a kv cache: one prefill over the left-padded prompts, then a jitted decode loop.
 
     python -m jaxgpt.generate --workdir=DIR --prompt="The capital of France" [--max_new_tokens=128] [--temperature=0.8]
+    python -m jaxgpt.generate --workdir=DIR --chat [--prompt=...]      # an instruction-tuned run: jaxgpt/chat.py
 
 From Python (a notebook): `generate(model, tokenizer, prompts)` with the model of `checkpoint.load` and the tokenizer of
 `jaxgpt.data.tokenize.load_tokenizer`; `generate_ids` works on token ids.
@@ -79,9 +80,9 @@ def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling, vocab_l
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "sampling", "max_new", "eos_id", "vocab_limit"))
 def _decode(graphdef, params, tokens_BxP, first_B, keys_B, num_real, *, mesh, sampling, max_new, eos_id, vocab_limit):
-    """(new ids [B, M], -1 after a row's eos; decode steps run): the loop ends once every row has emitted eos_id
-    (None: never) or M tokens. Rows from num_real on are filler (the batch padded to the mesh): done from the start,
-    so that they never keep the loop running."""
+    """(new ids [B, M], -1 after a row's eos; decode steps run): the loop ends once every row has emitted one of the
+    eos_id tuple (empty: never) or M tokens. Rows from num_real on are filler (the batch padded to the mesh): done
+    from the start, so that they never keep the loop running."""
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         model = nnx.merge(graphdef, params)
         B, P = tokens_BxP.shape
@@ -91,7 +92,7 @@ def _decode(graphdef, params, tokens_BxP, first_B, keys_B, num_real, *, mesh, sa
             return sample(logits_BxV, jax.vmap(jax.random.fold_in, (0, None))(keys_B, i), sampling, vocab_limit)
 
         def ended(ids_B):
-            return jnp.zeros_like(ids_B, dtype=bool) if eos_id is None else ids_B == eos_id
+            return jnp.isin(ids_B, jnp.asarray(eos_id, jnp.int32)) if eos_id else jnp.zeros_like(ids_B, dtype=bool)
 
         capacities = cache_capacities(P, max_new)
         h_BxPxD, cache = model.hidden(tokens_BxP, cache=model.init_cache(first_B, capacities[0]))
@@ -156,7 +157,7 @@ def generate_ids(
     prompt_ids: list[list[int]],
     *,
     max_new_tokens: int,
-    eos_id: int | None,
+    eos_id: int | tuple[int, ...] | None,
     vocab_size: int | None = None,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -165,10 +166,11 @@ def generate_ids(
     sample_ids: list[int] | None = None,
     batch_size: int = 8,
 ) -> list[list[int]]:
-    """New ids per prompt, up to and including eos_id if emitted. vocab_size: the tokenizer's size; ids from it to
-    the model's padded vocab are never drawn. Row i draws its randomness from (seed, sample_ids[i]) alone (default:
-    its index i), never from its batch: how many rows share a batch, and their lengths, change nothing. Rows run
-    batch_size at a time on the model's mesh. model: a GPT, or its (graphdef, params)."""
+    """New ids per prompt, up to and including the eos_id emitted (one id or several; None: no stop). vocab_size:
+    the tokenizer's size; ids from it to the model's padded vocab are never drawn. Row i draws its randomness from
+    (seed, sample_ids[i]) alone (default: its index i), never from its batch: how many rows share a batch, and their
+    lengths, change nothing. Rows run batch_size at a time on the model's mesh. model: a GPT, or its (graphdef,
+    params)."""
     model = nnx.merge(*model) if isinstance(model, tuple) else model
     cfg = model.cfg
     vocab_size = cfg.vocab_size if vocab_size is None else vocab_size
@@ -184,7 +186,8 @@ def generate_ids(
     rows = min(batch_size, 1 << (len(prompt_ids) - 1).bit_length())
     rows = math.ceil(rows / shards) * shards
     graphdef, params = nnx.split(decode_layout(model, rows // shards))
-    static = dict(mesh=mesh, sampling=sampling, max_new=max_new_tokens, eos_id=eos_id, vocab_limit=vocab_size)
+    stops = () if eos_id is None else (int(eos_id),) if isinstance(eos_id, (int, np.integer)) else tuple(eos_id)
+    static = dict(mesh=mesh, sampling=sampling, max_new=max_new_tokens, eos_id=stops, vocab_limit=vocab_size)
     out = []
     for start in range(0, len(prompt_ids), rows):
         chunk, ids = prompt_ids[start : start + rows], _fill(sample_ids[start:][:rows], rows)
@@ -220,7 +223,7 @@ def _transpose(kernel_IxO: jax.Array) -> jax.Array:
 def _decode_rows(graphdef, params, chunk, sample_ids, seed, rows, max_slots, static) -> np.ndarray:
     """One batch of `rows` rows (the chunk's prompts, then filler rows): new ids [B, M] on the host."""
     mesh = static["mesh"]
-    pad_id = 0 if static["eos_id"] is None else static["eos_id"]
+    pad_id = static["eos_id"][0] if static["eos_id"] else 0
     tokens_BxP, first_B = _left_pad(chunk, rows, pad_id=pad_id, max_slots=max_slots)
     keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), np.asarray(sample_ids))
     tokens_BxP = jax.device_put(tokens_BxP, sharding.batch_sharding(mesh))
@@ -329,7 +332,20 @@ def generate(
     return [Completion(p, s, tokenizer.decode(t), ids) for (p, s, _), t, ids in zip(rows, text_ids, new_ids)]
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
+def _run_chat(args: argparse.Namespace, mesh) -> None:
+    """--chat (jaxgpt/chat.py): the run's chat template and markers, replies only."""
+    from jaxgpt import chat
+
+    prompts = read_prompts(args, required=False)
+    model, config = checkpoint.load(args.workdir, args.step, mesh)
+    recipe = chat.find_recipe(args.workdir, args.chat_template_file, tuple(config.data.get("loss_mask_tokens", ())))
+    tokenizer = load_tokenizer(
+        rundir.find_tokenizer(args.workdir, args.tokenizer_file, config), encoding=recipe.encoding
+    )
+    chat.run_chat(args, model, tokenizer, recipe, prompts)
+
+
+def read_prompts(args: argparse.Namespace, required: bool = True) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
         try:
@@ -337,14 +353,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
                 prompts += f.read().splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--prompts_file={args.prompts_file}: cannot be read ({e})") from None
-    if not prompts:
+    if not prompts and required:
         raise ConfigError("no prompt: pass --prompt=TEXT (repeatable) or --prompts_file=F")
     return prompts
 
 
 def run_command(args: argparse.Namespace) -> None:
     """`jaxgpt generate` (jaxgpt/cli.py parses the flags): completions printed, and written as JSONL if asked."""
-    prompts = read_prompts(args)
+    prompts = [] if args.chat else read_prompts(args)
     Sampling(args.temperature, args.top_k, args.top_p)  # bad flags fail before the checkpoint is read
     try:
         data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
@@ -352,6 +368,8 @@ def run_command(args: argparse.Namespace) -> None:
         raise ConfigError(f"--mesh={args.mesh!r} must be three ints DATA,FSDP,TENSOR") from None
     mesh = sharding.make_mesh(data, fsdp, tensor, devices=jax.local_devices())
     checkpoint.quiet_orbax_errors()
+    if args.chat:
+        return _run_chat(args, mesh)
     model, _ = checkpoint.load(args.workdir, args.step, mesh)
     tokenizer = load_tokenizer(rundir.find_tokenizer(args.workdir, args.tokenizer_file))
     completions = generate(

@@ -28,6 +28,7 @@ METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
+CHAT_TEMPLATE = "chat_template.yaml"  # data.chat_template_file's copy: generate --chat renders with it
 
 
 def path(workdir: str | os.PathLike, name: str) -> str:

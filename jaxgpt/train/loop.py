@@ -32,7 +32,7 @@ from jaxgpt.distributed import is_lead
 from jaxgpt.errors import ConfigError
 from jaxgpt.train import step
 from jaxgpt.train.evaluation import Evaluation, Schedule
-from jaxgpt.train.record import banner, record_tokenizer, write_run_record
+from jaxgpt.train.record import banner, record_chat_template, record_tokenizer, write_run_record
 from jaxgpt.train.recorder import Cadence, Recorder
 from jaxgpt.train.resume import restore_or_init
 from jaxgpt.train.setup import Setup, setup
@@ -62,6 +62,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         start_step = int(jax.device_get(state.step))
         # Only now: a refused resume must not overwrite the record of the run that made the checkpoints.
         record_tokenizer(r)
+        record_chat_template(r)
         resolved = write_run_record(r)
         schedule = eval_schedule(r)
         if is_lead():

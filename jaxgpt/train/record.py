@@ -1,4 +1,5 @@
-"""What a run records about itself: DIR/config.json, DIR/tokenizer.json, and the banner it prints at its start."""
+"""What a run records about itself: DIR/config.json, DIR/tokenizer.json, DIR/chat_template.yaml, and the banner it
+prints at its start."""
 
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ def record_tokenizer(run: Setup) -> None:
     if is_lead():
         with atomic_output(dst) as tmp, open(tmp, "wb") as f:
             f.write(data)
+
+
+def record_chat_template(run: Setup) -> None:
+    """DIR/chat_template.yaml: data.chat_template_file, so that the workdir alone can chat (the newest one wins)."""
+    src = run.config.data.chat_template_file
+    if src and is_lead():
+        with open(src, "rb") as f, atomic_output(rundir.path(run.workdir, rundir.CHAT_TEMPLATE)) as tmp:
+            with open(tmp, "wb") as out:
+                out.write(f.read())
 
 
 def banner(run: Setup, start_step: int, eval_cost: str) -> str:

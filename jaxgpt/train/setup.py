@@ -82,6 +82,8 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     plan = make_plan(config, mesh, train_src)
     records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
     mask_ids = loss_mask_ids(d.tokenizer_file, d.loss_mask_tokens)
+    if d.chat_template_file:  # a bad template fails now, not when the finished run is asked to chat
+        check_chat_template(d.chat_template_file)
     if val_src is not None:
         check_validation_windows(val_src, config.train.eval_steps * plan.eval_batch)
     step_cfg = StepConfig.from_config(cfg, plan.num_steps, mask_ids).resolved(mesh.devices.flat[0].platform)
@@ -192,6 +194,16 @@ def loss_mask_ids(tokenizer_file: str, tokens: tuple[str, ...]) -> tuple[int, in
                 " (`jaxgpt data add_special_tokens` adds one)"
             )
     return ids
+
+
+def check_chat_template(path: str) -> None:
+    from jaxgpt.data.prepare.instruction import read_recipe
+    from jaxgpt.errors import JaxgptError
+
+    try:
+        read_recipe(path)
+    except JaxgptError as e:
+        raise ConfigError(f"data.chat_template_file: {e}") from None
 
 
 def peak_flops(config: RunConfig) -> float:

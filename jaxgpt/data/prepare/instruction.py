@@ -248,16 +248,24 @@ def _without_target(pbin: str, markers: tuple[int, int], lines: list[int]) -> li
     return [lines[i] for i in empty]
 
 
+def _recipe(config: YamlFile) -> tuple[ChatTemplate, dict[str, str], dict]:
+    data = config.get("chat_template_data")
+    if not isinstance(data, dict):
+        raise PackedDataError(f"{config.where('chat_template_data')} must be a mapping, got {data!r}")
+    return _template(config), _role_mapping(config), data
+
+
+def read_recipe(path: str | os.PathLike) -> tuple[ChatTemplate, dict[str, str], dict]:
+    """(template, role_mapping, chat_template_data) of an instruction-tuning YAML: what chat needs of it."""
+    return _recipe(read_yaml(path))
+
+
 def prepare_instruction_data(config_file_path: str | os.PathLike, progress: bool = True) -> InstructionReport:
     """Modalities' prepare_instruction_tuning_data (module docstring); the output folder replaces an older one."""
     path = os.fspath(config_file_path)
     config = read_yaml(path)
     settings = _settings(config)
-    template = _template(config)
-    roles = _role_mapping(config)
-    data = config.get("chat_template_data")
-    if not isinstance(data, dict):
-        raise PackedDataError(f"{config.where('chat_template_data')} must be a mapping, got {data!r}")
+    template, roles, data = _recipe(config)
     pbin_config = read_yaml(settings.pbin_config)
     markers = _markers(config, pbin_config)
     h = _file_hash(path)[:7]
