@@ -1,6 +1,7 @@
 """Steady-state speed of the sharded train step, against Modalities' GPT2LLM at the same shapes.
 
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --config=configs/gpt60m.py
+    flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --loss_mask --nomodalities   # mask overhead
 
 Times `--steps` train steps after compilation and warmup on all local devices (mesh from the config), reports compile
 time, peak memory, tokens/s and MFU = tokens/s * flops_per_token / (peak FLOP/s * devices). The peak is
@@ -16,6 +17,7 @@ On a GPU machine whose python has torch but not Modalities, carry the Modalities
     XLA_PYTHON_CLIENT_PREALLOCATE=false python bench/train_step.py --modalities_python=python3
 """
 
+import dataclasses
 import json
 import pathlib
 import resource
@@ -44,6 +46,11 @@ _MODALITIES = flags.DEFINE_bool("modalities", True, "also time Modalities' GPT2L
 _MODALITIES_PYTHON = flags.DEFINE_string("modalities_python", str(MODALITIES_PYTHON), "python that imports modalities")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "PyTorch threads for the Modalities run")
 _TORCH_STEPS = flags.DEFINE_integer("torch_steps", 3, "timed Modalities steps")
+_LOSS_MASK = flags.DEFINE_bool(
+    "loss_mask",
+    False,
+    "also time the step with loss masks (data.loss_mask_tokens), alternating rounds, and print the overhead",
+)
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", "", "also trace 3 steps with jax.profiler into this folder (Perfetto)"
 )
@@ -84,6 +91,43 @@ def run_modalities(step_cfg: StepConfig, batch: int, device: str) -> dict | None
         print(f"modalities: failed ({out.returncode}): {out.stderr[-2000:]}")
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _timed(compiled, state, batch, steps: int):
+    """(state, seconds per step) of `steps` queued steps after one untimed step."""
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    return state, (time.perf_counter() - start) / steps
+
+
+def time_loss_mask(layout: StateLayout, state, tokens, put, rounds: int = 4):
+    """The step with and without loss masks, in alternating rounds on the same state layout; the best round of each.
+    The masked batch holds an assistant turn (begin .. end marker) in every row, so a third of its targets count."""
+    begin, end = 61, 3  # "^" and "$" in GPT-2
+    T = tokens.shape[1] - 1
+    chat = tokens.copy()
+    chat[:, T // 3], chat[:, 2 * T // 3] = begin, end
+    plain_batch = {"inputs": put(tokens[:, :-1]), "targets": put(tokens[:, 1:])}
+    chat_batch = {"inputs": put(chat[:, :-1]), "targets": put(chat[:, 1:])}
+    masked_layout = StateLayout.build(dataclasses.replace(layout.cfg, loss_mask_ids=(begin, end)), layout.mesh)
+    plain = make_train_step(layout).lower(state, plain_batch).compile()
+    masked = make_train_step(masked_layout).lower(state, chat_batch).compile()
+    best = {"plain": float("inf"), "masked": float("inf")}
+    for _ in range(rounds):
+        state, seconds = _timed(plain, state, plain_batch, _STEPS.value)
+        best["plain"] = min(best["plain"], seconds)
+        state, seconds = _timed(masked, state, chat_batch, _STEPS.value)
+        best["masked"] = min(best["masked"], seconds)
+    overhead = best["masked"] / best["plain"] - 1
+    print(
+        f"loss_mask: step_s plain={best['plain']:.4f} masked={best['masked']:.4f} (best of {rounds} alternating"
+        f" rounds of {_STEPS.value} steps) loss_mask_overhead={100 * overhead:+.1f}%"
+    )
+    return state
 
 
 def main(argv):
@@ -139,6 +183,9 @@ def main(argv):
     mfu = tokens_per_s * flops_tok / total_peak_flops(peak, list(mesh.devices.flat))
     print(f"flops_per_token={flops_tok / 1e6:.1f}M peak={peak / 1e9:.0f} GFLOP/s per device ({source})")
     print(f"model_tflops={tokens_per_s * flops_tok / 1e12:.3f}")
+
+    if _LOSS_MASK.value:
+        state = time_loss_mask(layout, state, tokens, put)
 
     if _MODALITIES.value and backend in ("cpu", "gpu"):
         device = "cuda" if backend == "gpu" else "cpu"
