@@ -13,7 +13,7 @@ def get_config():
     c.model.n_head_kv = 2  # grouped-query: 2 q heads per kv head
     c.model.ffn_hidden = 256  # SwiGLU hidden ceil(int(2 * 256 / 3) / 256) * 256 = 256
     # params: wte 50304*64 = 3,219,456 + 2 blocks * (2*64*64 + 2*64*32 + 3*64*256 + 2*2*64 = 61,696)
-    #   + final LayerNorm 128 = 3,342,976
+    #   + final LayerNorm 128 = 3,342,976 parameters
 
     c.data.seq_len = 64
 

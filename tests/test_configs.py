@@ -1,4 +1,5 @@
-"""Every shipped config loads by path (as ml_collections' config_flags does), builds, and has its documented size."""
+"""Every shipped config loads by path (as ml_collections' config_flags does), builds, and has the size its file states;
+the presets have the shapes (and, through the export mapping, the Hugging Face configs) of the models they name."""
 
 import dataclasses
 import importlib.util
@@ -14,12 +15,18 @@ from flax import nnx
 
 from jaxgpt import config
 from jaxgpt.errors import ConfigError
+from jaxgpt.interop import hf
 from jaxgpt.model import GPT, ModelConfig, count_params
 from jaxgpt.train.optim import OptimConfig
 from jaxgpt.train.state import StepConfig
 
-CONFIGS = sorted((REPO / "configs").glob("*.py"))
-PARAMS = {"gpt60m.py": 59_855_872, "tiny.py": 3_342_976}
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
+# The published sizes of the models the presets are shaped after, at their own vocabularies (not the files' figures)
+PUBLISHED = {
+    "gpt2_124m.py": (50257, 124_439_808),  # GPT-2 small
+    "gpt2_350m.py": (50257, 354_823_168),  # GPT-2 medium
+    "llama_1b.py": (128_256, 1_235_814_400),  # Llama-3.2-1B
+}
 
 
 def _load(path):
@@ -29,8 +36,11 @@ def _load(path):
     return module.get_config()
 
 
-def test_every_config_is_listed():
-    assert {p.name for p in CONFIGS if p.name != "__init__.py"} == set(PARAMS)
+def documented_params(path) -> int:
+    """The figure that ends the arithmetic of a config file's parameter count: `= 59,855,872 parameters`."""
+    figures = re.findall(r"= ([\d,]+) parameters\b", path.read_text())
+    assert len(figures) == 1, f"{path.name}: states its parameter count {len(figures)} times, not once"
+    return int(figures[0].replace(",", ""))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -39,7 +49,77 @@ def test_config_builds_with_documented_size(path):
     step = StepConfig.from_config(cfg, num_steps=10)
     model = nnx.eval_shape(lambda: GPT(step.model, rngs=nnx.Rngs(0)))
     actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert actual == count_params(step.model) == PARAMS[path.name]
+    assert actual == count_params(step.model) == documented_params(path)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_presets_at_their_own_vocab_have_the_published_size(name):
+    """The shape is the named model's: at its own vocabulary the count is its published one, which the file states."""
+    vocab, published = PUBLISHED[name]
+    cfg = _load(REPO / "configs" / name)
+    cfg.model.vocab_size = vocab
+    assert count_params(ModelConfig.from_config(cfg)) == published
+    assert f"{published:,}" in (REPO / "configs" / name).read_text()
+
+
+def test_presets_shapes():
+    def shape(name):
+        m = ModelConfig.from_config(_load(REPO / "configs" / name))
+        return (m.n_layer, m.n_embd, m.n_head_q, m.n_head_kv, m.mlp_hidden, m.mlp, m.norm, m.pos_emb, m.use_bias)
+
+    assert shape("gpt2_124m.py") == (12, 768, 12, 12, 3072, "gelu", "layer", "learned", True)
+    assert shape("gpt2_350m.py") == (24, 1024, 16, 16, 4096, "gelu", "layer", "learned", True)
+    assert shape("llama_1b.py") == (16, 2048, 32, 8, 8192, "swiglu", "rms", "rope", False)
+    llama = ModelConfig.from_config(_load(REPO / "configs" / "llama_1b.py"))
+    assert llama.rope_base == 500_000.0 and llama.tie_embeddings and llama.norm_eps == 1e-5
+
+
+# Where jaxgpt's GPT-2 presets differ from Hugging Face's published `gpt2` and `gpt2-medium` configs, and why
+GPT2_DIFFERENCES = {
+    "vocab_size": (50304, 50257),  # the padded table; the 47 rows past GPT-2's tokenizer are never sampled
+    "activation_function": ("gelu", "gelu_new"),  # jaxgpt's GELU is the exact erf, the original GPT-2's tanh
+    "resid_pdrop": (0.0, 0.1),  # model.dropout is 0: an export is for inference
+    "embd_pdrop": (0.0, 0.1),
+    "attn_pdrop": (0.0, 0.1),
+    "pad_token_id": (50256, None),  # the export sets every special id explicitly
+    "architectures": (["GPT2LMHeadModel"], None),
+    "dtype": ("float32", None),
+}
+
+
+@pytest.mark.parametrize(
+    "name, published", [("gpt2_124m.py", {}), ("gpt2_350m.py", {"n_embd": 1024, "n_layer": 24, "n_head": 16})]
+)
+def test_gpt2_presets_export_with_the_published_configs(name, published):
+    """jaxgpt's export mapping turns the preset into GPT2Config(**published) (Hugging Face's `gpt2`, `gpt2-medium`)
+    field for field, but for the differences listed above; the class it builds has the preset's parameter count."""
+    transformers = pytest.importorskip("transformers")
+    m = ModelConfig.from_config(_load(REPO / "configs" / name))
+    exported = hf.hf_config(m, bos_id=50256, eos_id=50256, pad_id=50256)
+    assert hf.ARCHITECTURES[hf.model_type(m)] == "GPT2LMHeadModel"
+    ours = transformers.GPT2Config(**exported).to_dict()
+    theirs = transformers.GPT2Config(**published).to_dict()
+    assert ours.keys() == theirs.keys()
+    assert ours.pop("n_inner") == 4 * theirs["n_embd"] and theirs.pop("n_inner") is None  # None: 4 * n_embd
+    assert {k: (ours[k], theirs[k]) for k in theirs if ours[k] != theirs[k]} == GPT2_DIFFERENCES
+    assert _torch_params("GPT2LMHeadModel", transformers.GPT2Config(**exported)) == count_params(m)
+
+
+def test_llama_preset_exports_to_llama_with_its_size():
+    transformers = pytest.importorskip("transformers")
+    m = ModelConfig.from_config(_load(REPO / "configs" / "llama_1b.py"))
+    exported = hf.hf_config(m, bos_id=50256, eos_id=50256, pad_id=50256)
+    assert hf.ARCHITECTURES[hf.model_type(m)] == "LlamaForCausalLM"
+    assert _torch_params("LlamaForCausalLM", transformers.LlamaConfig(**exported)) == count_params(m)
+
+
+def _torch_params(cls: str, hf_config) -> int:
+    """The parameters (tied ones once) of a Hugging Face class built on torch's meta device: shapes, no memory."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        model = getattr(transformers, cls)(hf_config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def test_gpt60m_matches_the_getting_started_model():
