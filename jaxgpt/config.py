@@ -76,7 +76,9 @@ class TrainConfig(Section):
     # Sequences per data-parallel replica per micro batch: it follows the mesh, the global batch is compared on resume
     micro_batch_size: int = knob(8, resumable=True)
     grad_accum: int = 1  # micro batches accumulated per optimizer step (lax.scan inside the step)
-    log_every: int = knob(10, resumable=True)  # steps between train metric lines
+    # Steps between train metric lines; None: every step in a run of at most 100 steps (a short run's plot then draws
+    # its curve), else every 10 (setup.make_plan decides, config.json's "derived" records it)
+    log_every: int | None = knob(None, resumable=True)
     eval_every: int = knob(100, resumable=True)  # steps between evaluations (also one at the end)
     eval_batch_size: int = knob(0, resumable=True)  # sequences per eval batch (all hosts); 0: micro batch x replicas
     eval_steps: int = knob(0, resumable=True)  # batches per evaluation; 0: a full pass over the validation split
@@ -96,8 +98,10 @@ class TrainConfig(Section):
     def __post_init__(self):
         if self.num_steps is not None:
             check_int("train.num_steps", self.num_steps)
-        for name in ("micro_batch_size", "log_every", "eval_every"):
+        for name in ("micro_batch_size", "eval_every"):
             check_int(f"train.{name}", getattr(self, name))
+        if self.log_every is not None:
+            check_int("train.log_every", self.log_every, hint=" (or None: every step in runs of <= 100 steps, else 10)")
         check_int("train.eval_batch_size", self.eval_batch_size, minimum=0, hint=" (0: micro_batch_size * replicas)")
         check_int("train.eval_steps", self.eval_steps, minimum=0, hint=" (0: a full pass)")
         if self.peak_flops is not None and not self.peak_flops > 0:

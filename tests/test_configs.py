@@ -227,6 +227,10 @@ def test_completing_a_saved_config():
         nested.setdefault(section, {})[name] = value
     del nested["model"]["attn"]  # a checkpoint from before the knob
     assert config.complete(nested, "ckpt/4").model.attn == "causal"
+    nested["train"]["log_every"] = 10  # a checkpoint from before train.log_every=None (auto) was the default
+    assert config.complete(nested, "ckpt/4").train.log_every == 10
+    nested["train"]["log_every"] = None
+    assert config.complete(nested, "ckpt/4").train.log_every is None
     nested["model"]["n_layer"] = "two"
     with pytest.raises(ConfigError, match=r"ckpt/4: config key model.n_layer='two' does not fit"):
         config.complete(nested, "ckpt/4")

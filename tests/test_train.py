@@ -473,10 +473,8 @@ def test_setup_writes_nothing_and_the_recorder_logs_its_cadence(tmp_path):
             return 3 if at_most >= 3 else None
 
     metrics = {"loss": np.float32(4.0), "grad_norm": np.float32(1.0), "lr": np.float32(1e-3)}
-    t = run.config.train
-    cadence = Cadence(
-        run.plan.num_steps, run.end_step, t.log_every, run.plan.tokens_per_step, run.flops_per_token, run.peak_flops
-    )
+    p = run.plan
+    cadence = Cadence(p.num_steps, run.end_step, p.log_every, p.tokens_per_step, run.flops_per_token, run.peak_flops)
     with Recorder(str(workdir), cadence, run.config.wandb, {}, 0, Checkpoints()) as recorder:
         for step in range(1, STEPS + 1):
             recorder.train(step, metrics)
@@ -489,6 +487,15 @@ def test_setup_writes_nothing_and_the_recorder_logs_its_cadence(tmp_path):
     assert [(e["event"], e["step"]) for e in events] == [("train", 4), ("train", STEPS), ("eval", STEPS)]
     assert recorder.last["train"]["step"] == STEPS and recorder.last["eval"]["eval_loss"] == 4.5
     assert all(e["tokens_per_s"] > 0 and e["mfu"] > 0 for e in events if e["event"] == "train")
+
+
+@pytest.mark.parametrize(
+    "num_steps, log_every, expected", [(6, None, 1), (100, None, 1), (101, None, 10), (6, 10, 10), (101, 1, 1)]
+)
+def test_a_short_run_logs_every_step_unless_log_every_is_set(tmp_path, num_steps, log_every, expected):
+    """train.log_every unset: every step up to 100 steps (a short run's plot draws its curve), else every 10."""
+    run = setup(tiny_config(**{"train.num_steps": num_steps, "train.log_every": log_every}), str(tmp_path), None)
+    assert run.plan.log_every == expected and run.cfg.train.log_every == log_every  # config.json keeps it unset
 
 
 def test_a_run_builds_its_state_layout_once_and_load_needs_no_train_step(tmp_path, monkeypatch):

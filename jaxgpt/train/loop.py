@@ -71,7 +71,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         cadence = Cadence(
             r.plan.num_steps,
             r.end_step,
-            r.config.train.log_every,
+            r.plan.log_every,
             r.plan.tokens_per_step,
             r.flops_per_token,
             r.peak_flops,

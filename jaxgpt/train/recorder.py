@@ -32,7 +32,7 @@ class Cadence:
 
     num_steps: int  # the run's planned steps (the progress bar's total)
     end_step: int  # the last step this process runs: always logged
-    log_every: int  # train.log_every
+    log_every: int  # Plan.log_every: train.log_every, or the default for the run's length
     tokens_per_step: int
     flops_per_token: float
     peak_flops: float  # of all devices together, for MFU

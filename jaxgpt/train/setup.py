@@ -32,6 +32,7 @@ class Plan:
     tokens_per_step: int  # global_batch * seq_len
     eval_batch: int  # sequences per evaluation batch
     steps_per_epoch: int  # full global batches in one pass over the training windows
+    log_every: int  # steps between train metric lines: train.log_every, or what a run of num_steps logs without it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +126,13 @@ def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource) -> Plan:
     eval_batch = t.eval_batch_size or t.micro_batch_size * dp
     if eval_batch % dp:
         raise ConfigError(f"train.eval_batch_size={eval_batch} must be a multiple of the data-parallel size {dp}")
-    return Plan(num_steps, global_batch, global_batch * config.data.seq_len, eval_batch, per_epoch)
+    log_every = default_log_every(num_steps) if t.log_every is None else t.log_every
+    return Plan(num_steps, global_batch, global_batch * config.data.seq_len, eval_batch, per_epoch, log_every)
+
+
+def default_log_every(num_steps: int) -> int:
+    """Every step in a run of at most 100 steps, so that its plot draws the curve from step 1; else every 10."""
+    return 1 if num_steps <= 100 else 10
 
 
 def split_paths(value: str, key: str) -> list[str]:
