@@ -18,6 +18,7 @@ import dataclasses
 import importlib.util
 import os
 import pathlib
+import re
 import typing
 
 import ml_collections
@@ -94,6 +95,11 @@ class TrainConfig(Section):
     attention: str = knob("auto", resumable=True)
     # FLOP/s of one device for MFU (CPU: of the host); None: the device table (CPU: a matmul timed at start-up)
     peak_flops: float | None = knob(None, resumable=True)
+    # "START:STOP": a jax.profiler trace of steps START to STOP, both included, into DIR/profile/ (for Perfetto or
+    # TensorBoard: docs/operations.md); "" = off. Step 1 compiles: start later to see the steps alone
+    profile_steps: str = knob("", resumable=True)
+    # The device memory in use after step N (pprof) to DIR/profile/memory_step{N}.prof; 0 = off
+    profile_memory_step: int = knob(0, resumable=True)
 
     def __post_init__(self):
         if self.num_steps is not None:
@@ -106,6 +112,22 @@ class TrainConfig(Section):
         check_int("train.eval_steps", self.eval_steps, minimum=0, hint=" (0: a full pass)")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"train.peak_flops={self.peak_flops!r} must be > 0 (or None: the device table)")
+        check_int("train.profile_memory_step", self.profile_memory_step, minimum=0, hint=" (0: off)")
+        self.profile_range  # noqa: B018 - parsed here, so that a bad value fails with the config
+
+    @property
+    def profile_range(self) -> tuple[int, int] | None:
+        """train.profile_steps as (START, STOP), both traced; None when off."""
+        value = self.profile_steps
+        if value == "":
+            return None
+        steps = re.fullmatch(r"(\d+):(\d+)", value, re.ASCII) if isinstance(value, str) else None
+        if steps is None or not 1 <= int(steps[1]) <= int(steps[2]):
+            raise ConfigError(
+                f"train.profile_steps={value!r} must be 'START:STOP', steps 1 <= START <= STOP (both traced), e.g."
+                " '10:12'; '' is off"
+            )
+        return int(steps[1]), int(steps[2])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@
     DIR/config.json     the resolved config, plus what was derived from it (steps, batch, mesh)
     DIR/tokenizer.json  the tokenizer the data was packed with, copied at the run's start: the workdir alone generates
     DIR/wandb/          the W&B run (offline by default), and wandb_run_id, which a resume continues
+    DIR/profile/        jax.profiler traces and device memory profiles, when asked for (train/profile.py)
 
 This module imports only the standard library (plots.py reads a workdir without jax); `exclusive` imports jax.
 """
@@ -28,6 +29,7 @@ METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
+PROFILE = "profile"
 CHAT_TEMPLATE = "chat_template.yaml"  # data.chat_template_file's copy: generate --chat renders with it
 
 

@@ -2,9 +2,9 @@
 
 The jitted step (step.py) is pure; everything impure lives around it, each in its room: setup.py (settings and data
 checked, nothing written) -> state.py (the StateLayout) -> resume.py (a resume must continue the run exactly) ->
-record.py (config.json, tokenizer.json, the banner) -> recorder.py (metrics.jsonl, W&B, the progress bar) and
-evaluation.py -> `train_loop` below, which holds the order of save, evaluate and stop; signals.py turns SIGTERM into
-a stop. The workdir's files: jaxgpt/rundir.py.
+record.py (config.json, tokenizer.json, the banner) -> recorder.py (metrics.jsonl, W&B, the progress bar),
+evaluation.py and profile.py (traces, memory profiles) -> `train_loop` below, which holds the order of save, evaluate
+and stop; signals.py turns SIGTERM into a stop. The workdir's files: jaxgpt/rundir.py.
 
 Metrics are read one step late, so the host never stalls the device, except at the steps that save or evaluate, which
 read their own step's metrics first: after a non-finite loss nothing more is saved or evaluated. Step k's metrics are
@@ -32,6 +32,7 @@ from jaxgpt.distributed import is_lead
 from jaxgpt.errors import ConfigError
 from jaxgpt.train import step
 from jaxgpt.train.evaluation import Evaluation, Schedule
+from jaxgpt.train.profile import Profiler
 from jaxgpt.train.record import banner, record_chat_template, record_tokenizer, write_run_record
 from jaxgpt.train.recorder import Cadence, Recorder
 from jaxgpt.train.resume import restore_or_init
@@ -90,7 +91,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             prefetch=r.config.data.prefetch,
         )
         cleanup.callback(batches.close)
-        train_loop(r, state, step_fn, batches, ckpt, recorder, evaluation, stop, start_step)
+        profiler = cleanup.enter_context(Profiler(r.workdir, r.config.train, start_step))
+        train_loop(r, state, step_fn, batches, ckpt, recorder, evaluation, stop, profiler, start_step)
     plot_metrics(r.workdir)  # the checkpoint is on disk and metrics.jsonl closed: nothing left to wait for it
     return recorder.last
 
@@ -109,13 +111,16 @@ def train_loop(
     recorder: Recorder,
     evaluation: Evaluation,
     stop: StopSignal,
+    profiler: Profiler,
     start_step: int,
 ) -> None:
     """Steps start_step + 1 .. r.end_step. Metrics are read one step late, so the host never stalls the device,
-    except at a step that saves or evaluates: after a non-finite loss nothing more is saved or evaluated."""
+    except at a step that saves, evaluates or profiles: after a non-finite loss nothing more is saved or evaluated."""
     pending = None  # (step, metrics) dispatched but not yet read
     for done in range(start_step + 1, r.end_step + 1):
         state, metrics = step_fn(state, next(batches))
+        if done == profiler.due:  # without profiles, never (profile.NEVER): this compare is all they cost
+            profiler.after(done, state)
         if pending is not None:
             recorder.train(*pending)
         pending = (done, metrics)

@@ -13,7 +13,7 @@ from jaxgpt import distributed, rundir
 from jaxgpt.distributed import is_lead
 from jaxgpt.errors import ConfigError
 from jaxgpt.io import atomic_output
-from jaxgpt.train import optim
+from jaxgpt.train import optim, profile
 from jaxgpt.train.setup import Setup
 
 
@@ -66,8 +66,10 @@ def record_chat_template(run: Setup) -> None:
 
 
 def banner(run: Setup, start_step: int, eval_cost: str) -> str:
-    """What the run prints before its first step: size, mesh, batch, plan, warmup, dtype, evaluation cost."""
+    """What the run prints before its first step: size, mesh, batch, plan, warmup, dtype, evaluation cost, and the
+    profiles it takes."""
     plan, config, mesh = run.plan, run.config, run.mesh
+    profiles = profile.describe(run.workdir, config.train)
     warmup = optim.warmup_steps(run.step_cfg.optim, plan.num_steps)
     capped = f" (optim.warmup_steps={config.optim.warmup_steps}, capped at 10% of the {plan.num_steps}-step run)"
     return (
@@ -82,4 +84,5 @@ def banner(run: Setup, start_step: int, eval_cost: str) -> str:
         + f" | compute: {run.step_cfg.compute_dtype} on {mesh.devices.flat[0].platform}"
         + f"\n        {eval_cost}"
         + (f"\n        {distributed.describe()}" if jax.process_count() > 1 else "")
+        + (f"\n        {profiles}" if profiles else "")
     )

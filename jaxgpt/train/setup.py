@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import model, sharding
-from jaxgpt.config import RunConfig
+from jaxgpt.config import RunConfig, TrainConfig
 from jaxgpt.data.loader import pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
 from jaxgpt.data.tokenize import load_tokenizer
@@ -81,6 +81,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     train_src = windows(split_paths(d.train_path, "data.train_path"))
     val_src = windows(split_paths(d.val_path, "data.val_path")) if d.val_path else None
     plan = make_plan(config, mesh, train_src)
+    check_profiles(config.train, plan.num_steps)
     records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
     mask_ids = loss_mask_ids(d.tokenizer_file, d.loss_mask_tokens)
     if d.chat_template_file:  # a bad template fails now, not when the finished run is asked to chat
@@ -133,6 +134,15 @@ def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource) -> Plan:
 def default_log_every(num_steps: int) -> int:
     """Every step in a run of at most 100 steps, so that its plot draws the curve from step 1; else every 10."""
     return 1 if num_steps <= 100 else 10
+
+
+def check_profiles(t: TrainConfig, num_steps: int) -> None:
+    """The steps train.profile_steps and train.profile_memory_step name are steps of the run."""
+    steps = t.profile_range
+    if steps is not None and steps[1] > num_steps:
+        raise ConfigError(f"train.profile_steps={t.profile_steps!r} ends past the run's last step, {num_steps}")
+    if t.profile_memory_step > num_steps:
+        raise ConfigError(f"train.profile_memory_step={t.profile_memory_step} is past the run's last step, {num_steps}")
 
 
 def split_paths(value: str, key: str) -> list[str]:
