@@ -116,8 +116,8 @@ class Plan:
     step: StepConfig  # the target's: compute dtype and attention resolved for the device
     kernel: str  # the attention kernel the device runs
     micro_batch: int  # train.micro_batch_size
-    num_params: int
-    flops_per_token: float
+    num_params: int  # jaxgpt.model.count_params
+    flops_per_token: float  # training FLOPs per token, jaxgpt.model.flops_per_token
     global_batch: int  # sequences per step
     xla: XlaMemory  # of the step compiled for the CPU mesh
     compiled: Memory  # analytic, of the program XLA compiled (CPU attention)
@@ -200,6 +200,7 @@ def make(cfg: ml_collections.ConfigDict, cpus: list, target: Device, mfu: float,
 
 
 def step_shape(step_cfg: StepConfig, micro_batch: int, accum: int, remat: str, tensor: int, kernel: str, platform: str):
+    """What the analytic model reads of the step `step_cfg` with these choices, on devices of `platform`."""
     return memory.StepShape(
         model=step_cfg.model,
         micro_batch=micro_batch,
@@ -245,26 +246,32 @@ def recompute(remat: str, m, flops_per_token: float) -> float:
 
 def suggest(plan: Plan) -> tuple[Choice, ...]:
     """Every (micro batch, remat, fsdp x tensor) that runs the same global batch on the same devices and fits by the
-    analytic model (times plan.calibration), fastest first; ties: the larger micro batch, then the smaller tensor."""
-    n, m = plan.devices, plan.step.model
+    analytic model (times plan.calibration), fastest first; ties: the smaller tensor (its all-reduces in every layer are
+    not in the FLOPs), then the larger micro batch."""
     choices = []
+    for tensor, state, micro_batch, accum in _splits(plan):
+        for remat in REMAT:
+            shape = step_shape(plan.step, micro_batch, accum, remat, tensor, plan.kernel, plan.device.platform)
+            est = memory.analytic(shape, *state)
+            need = est.state + plan.calibration * est.temporaries
+            if need <= plan.usable:
+                fsdp = plan.devices // tensor
+                choices.append(Choice(micro_batch, accum, remat, fsdp, tensor, need, _speed(plan, remat)))
+    return tuple(sorted(choices, key=lambda c: (-c.speed, c.tensor, -c.micro_batch)))
+
+
+def _splits(plan: Plan):
+    """(tensor, its state bytes, micro batch, accumulation) of every mesh data=1 x fsdp x tensor over the plan's
+    devices that can shard the model, and every micro batch of the global batch on it."""
+    n, heads = plan.devices, plan.step.model.n_head_kv
     for tensor in _divisors(n):
-        mesh_shape = {"data": 1, "fsdp": n // tensor, "tensor": tensor}
-        state = memory.state_bytes(plan.abstract, mesh_shape)
+        state = memory.state_bytes(plan.abstract, {"data": 1, "fsdp": n // tensor, "tensor": tensor})
         replicas = n // tensor
-        if state is None or m.n_head_kv % tensor or plan.global_batch % replicas:
+        if state is None or heads % tensor or plan.global_batch % replicas:
             continue
         per_replica = plan.global_batch // replicas
         for micro_batch in _divisors(per_replica):
-            for remat in REMAT:
-                accum = per_replica // micro_batch
-                shape = step_shape(plan.step, micro_batch, accum, remat, tensor, plan.kernel, plan.device.platform)
-                est = memory.analytic(shape, *state)
-                need = est.state + plan.calibration * est.temporaries
-                if need <= plan.usable:
-                    speed = _speed(plan, remat)
-                    choices.append(Choice(micro_batch, accum, remat, n // tensor, tensor, need, speed))
-    return tuple(sorted(choices, key=lambda c: (-c.speed, -c.micro_batch, c.tensor)))
+            yield tensor, state, micro_batch, per_replica // micro_batch
 
 
 def _speed(plan: Plan, remat: str) -> float:
@@ -360,7 +367,7 @@ def _suggestions(plan: Plan) -> list[str]:
     speed = "tokens/s" if plan.timing.total_peak else "relative speed"
     lines = [
         f"  choices that fit, same global batch of {plan.global_batch} seqs, by the analytic model {scale}, fastest"
-        f" first (remat's recomputed FLOPs slow it; no compile each):",
+        f" first (remat's recomputed FLOPs slow it; ties: less tensor parallelism, larger micro batches; no compiles):",
         f"  {'micro batch':>11} {'accum':>5} {'remat':>5} {'fsdp':>4} {'tensor':>6} {'GB/device':>9} {speed:>14}",
     ]
     for c in plan.suggestions[:MAX_SUGGESTIONS]:
@@ -381,7 +388,7 @@ def _time(plan: Plan) -> str:
         return "time: unknown peak FLOP/s for this device; give it as --config.train.peak_flops=FLOPS"
     rate = (
         f"time: at MFU {t.mfu:.2f} of {_flops(t.peak_flops)} per device ({t.peak_source}):"
-        f" {step:.3f} s per step, {plan.tokens_per_step / step:,.0f} tokens/s"
+        f" {step:.3g} s per step, {plan.tokens_per_step / step:,.0f} tokens/s"
     )
     if t.num_steps is None:
         return f"{rate}; train.num_steps=None (one epoch) and no data to count it: 1000 steps take {_days(1000 * step)}"
@@ -393,7 +400,10 @@ def _flops(rate: float) -> str:
 
 
 def _days(seconds: float) -> str:
-    return f"{seconds / 86400:.2f} days ({seconds / 3600:.1f} h)"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _notes(plan: Plan) -> list[str]:
@@ -405,7 +415,7 @@ def _notes(plan: Plan) -> list[str]:
         notes.append(
             "note: a GPU's compiler fuses and schedules differently: the CPU's keeps bfloat16 values in float32, runs"
             " remat's recomputation early and keeps xla attention's T x T probabilities, so its figure is an upper"
-            " bound there; the analytic model was within 3% of an H100's measured peak (docs/operations.md)"
+            " bound there; the analytic model was within 3% of an H100's measured peak (BENCHMARKS.md, 'Memory plan')"
         )
     return notes
 

@@ -54,7 +54,7 @@ def test_verdict_follows_the_device_memory(roomy, cramped):
 def test_suggestions_fit_and_come_fastest_first(cramped):
     choices = cramped.suggestions
     assert choices, "tensor=2 halves the vocab workspace: something must fit"
-    keys = [(-c.speed, -c.micro_batch, c.tensor) for c in choices]
+    keys = [(-c.speed, c.tensor, -c.micro_batch) for c in choices]
     assert keys == sorted(keys)
     for c in choices:
         assert c.micro_batch * c.grad_accum * c.fsdp == cramped.global_batch  # the same global batch, data=1
