@@ -1,6 +1,7 @@
 """The `jaxgpt` command: one entry for training, generation, export, plots and the data tools.
 
     jaxgpt train --config=configs/gpt60m.py --workdir=DIR [--config.key=value ...]   (= python -m jaxgpt.train)
+    jaxgpt plan --config=configs/gpt60m.py --devices=8 --device=h100                   (= python -m jaxgpt.plan)
     jaxgpt generate --workdir=DIR --prompt=TEXT [...]                                 (= python -m jaxgpt.generate)
     jaxgpt export hf|modalities --workdir=DIR --out=OUT [...]                         (= tools/export_*.py)
     jaxgpt plot DIR [DIR ...] [--out F.png]                                           (= tools/plot_metrics.py)
@@ -276,6 +277,7 @@ def parser(prog: str = "jaxgpt") -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("train", help="train or resume a run (python -m jaxgpt.train; --help lists its flags)")
+    commands.add_parser("plan", help="a run's sizes, memory per device, fit and time, before it runs (--help)")
     for name, command in COMMANDS.items():
         _add(commands, name, command)
     exports = commands.add_parser("export", help="a run's checkpoint as a Hugging Face or Modalities model")
@@ -292,6 +294,11 @@ def run(argv: list[str], prog: str = "jaxgpt") -> None:
         from jaxgpt.train.loop import entry
 
         entry([f"{prog} train", *argv[1:]])
+        return
+    if argv[:1] == ["plan"]:  # the same --config flags, parsed by absl in the plan's own FlagValues
+        from jaxgpt.plan import entry as plan
+
+        plan(argv[1:])
         return
     _execute(parser(prog).parse_args(argv))
 
