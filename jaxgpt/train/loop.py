@@ -18,6 +18,7 @@ import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -67,7 +68,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         schedule = eval_schedule(r)
         if is_lead():
             print(banner(r, start_step, schedule.cost(r.plan.tokens_per_step, r.config.data.seq_len)), flush=True)
-        step_fn = step.make_train_step(layout)
         cadence = Cadence(
             r.plan.num_steps,
             r.end_step,
@@ -77,6 +77,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             r.peak_flops,
         )
         recorder = cleanup.enter_context(Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt))
+        step_for = train_steps(layout, r.config.train.layer_stats_every)
         eval_fn = step.make_eval_step(layout) if r.val_src is not None else None
         evaluation = Evaluation(schedule, eval_fn, r.val_src, r.mesh, recorder)
         if evaluation.missed(start_step):
@@ -90,7 +91,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             prefetch=r.config.data.prefetch,
         )
         cleanup.callback(batches.close)
-        train_loop(r, state, step_fn, batches, ckpt, recorder, evaluation, stop, start_step)
+        train_loop(r, state, step_for, batches, ckpt, recorder, evaluation, stop, start_step)
     plot_metrics(r.workdir)  # the checkpoint is on disk and metrics.jsonl closed: nothing left to wait for it
     return recorder.last
 
@@ -100,10 +101,20 @@ def eval_schedule(r: Setup) -> Schedule:
     return Schedule(t.eval_every, r.plan.num_steps, r.eval_batches, r.plan.eval_batch, t.eval_steps)
 
 
+def train_steps(layout: StateLayout, layer_stats_every: int) -> Callable[[int], Callable]:
+    """The jitted step for each step number: the plain one, or at multiples of train.layer_stats_every (0: never)
+    the one that also measures the layers."""
+    plain = step.make_train_step(layout)
+    if not layer_stats_every:
+        return lambda done: plain
+    measuring = step.make_train_step(layout, layer_stats=True)
+    return lambda done: measuring if done % layer_stats_every == 0 else plain
+
+
 def train_loop(
     r: Setup,
     state,
-    step_fn,
+    step_for: Callable[[int], Callable],
     batches,
     ckpt,
     recorder: Recorder,
@@ -111,11 +122,12 @@ def train_loop(
     stop: StopSignal,
     start_step: int,
 ) -> None:
-    """Steps start_step + 1 .. r.end_step. Metrics are read one step late, so the host never stalls the device,
-    except at a step that saves or evaluates: after a non-finite loss nothing more is saved or evaluated."""
+    """Steps start_step + 1 .. r.end_step (step_for(k): step k's jitted step). Metrics are read one step late, so the
+    host never stalls the device, except at a step that saves or evaluates: after a non-finite loss nothing more is
+    saved or evaluated."""
     pending = None  # (step, metrics) dispatched but not yet read
     for done in range(start_step + 1, r.end_step + 1):
-        state, metrics = step_fn(state, next(batches))
+        state, metrics = step_for(done)(state, next(batches))
         if pending is not None:
             recorder.train(*pending)
         pending = (done, metrics)

@@ -24,6 +24,7 @@ from jaxgpt.config import WandbConfig
 from jaxgpt.distributed import is_lead
 from jaxgpt.errors import TrainingStopped
 from jaxgpt.io import atomic_output
+from jaxgpt.train import layer_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +155,9 @@ class Recorder(contextlib.ExitStack):
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise self._nonfinite(done, m)
+        layers = {k: m.pop(k) for k in [k for k in m if k.startswith(layer_stats.PREFIX)]}
+        if layers:  # a step of train.layer_stats_every: its own event, whatever train.log_every says
+            self._emit("layers", {"event": "layers", "step": done, **layers})
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         c = self.cadence
         if done % c.log_every and done != c.end_step:
