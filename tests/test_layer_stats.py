@@ -23,6 +23,7 @@ from jaxgpt.interop.params import flat_params
 from jaxgpt.model import ModelConfig
 from jaxgpt.model.layers import rope_at
 from jaxgpt.train import layer_stats, loop, step
+from jaxgpt.train.goodput import Goodput
 from jaxgpt.train.optim import OptimConfig
 from jaxgpt.train.setup import setup
 from jaxgpt.train.state import StateLayout, StepConfig
@@ -168,11 +169,11 @@ def test_off_the_train_step_is_the_plain_one(monkeypatch):
     made = []
     make = step.make_train_step
     monkeypatch.setattr(step, "make_train_step", lambda *a, **kw: made.append((a, kw)) or make(*a, **kw))
-    step_for = loop.train_steps(layout, 0)
+    step_for = loop.train_steps(layout, 0, Goodput(None, 0, 0))
     assert made == [((layout,), {})]
     assert len({step_for(done) for done in range(1, 10)}) == 1
     made.clear()
-    step_for = loop.train_steps(layout, 3)
+    step_for = loop.train_steps(layout, 3, Goodput(None, 0, 0))
     assert made == [((layout,), {}), ((layout,), {"layer_stats": True})]
     assert [step_for(d) is step_for(3) for d in range(1, 7)] == [False, False, True, False, False, True]
 

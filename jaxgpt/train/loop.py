@@ -2,9 +2,9 @@
 
 The jitted step (step.py) is pure; everything impure lives around it, each in its room: setup.py (settings and data
 checked, nothing written) -> state.py (the StateLayout) -> resume.py (a resume must continue the run exactly) ->
-record.py (config.json, tokenizer.json, the banner) -> recorder.py (metrics.jsonl, W&B, the progress bar) and
-evaluation.py -> `train_loop` below, which holds the order of save, evaluate and stop; signals.py turns SIGTERM into
-a stop. The workdir's files: jaxgpt/rundir.py.
+record.py (config.json, tokenizer.json, the banner) -> recorder.py (metrics.jsonl, W&B, the progress bar; goodput.py,
+where the wall time went) and evaluation.py -> `train_loop` below, which holds the order of save, evaluate and stop;
+signals.py turns SIGTERM into a stop. The workdir's files: jaxgpt/rundir.py.
 
 Metrics are read one step late, so the host never stalls the device, except at the steps that save or evaluate, which
 read their own step's metrics first: after a non-finite loss nothing more is saved or evaluated. Step k's metrics are
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ from jaxgpt.distributed import is_lead
 from jaxgpt.errors import ConfigError
 from jaxgpt.train import step
 from jaxgpt.train.evaluation import Evaluation, Schedule
+from jaxgpt.train.goodput import Goodput
 from jaxgpt.train.record import banner, record_chat_template, record_tokenizer, write_run_record
 from jaxgpt.train.recorder import Cadence, Recorder
 from jaxgpt.train.resume import restore_or_init
@@ -43,6 +45,7 @@ from jaxgpt.train.state import StateLayout
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
     """Trains (or resumes) in `workdir`; returns the last train and eval events."""
+    started = time.perf_counter()  # the attempt's wall time counts from here (goodput.py)
     r = setup(cfg, workdir, stop_after)
     try:
         os.makedirs(r.workdir, exist_ok=True)
@@ -76,8 +79,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             r.flops_per_token,
             r.peak_flops,
         )
-        recorder = cleanup.enter_context(Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt))
-        step_for = train_steps(layout, r.config.train.layer_stats_every)
+        recorder = cleanup.enter_context(
+            Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt, started=started)
+        )
+        step_for = train_steps(layout, r.config.train.layer_stats_every, recorder.goodput)
         eval_fn = step.make_eval_step(layout) if r.val_src is not None else None
         evaluation = Evaluation(schedule, eval_fn, r.val_src, r.mesh, recorder)
         if evaluation.missed(start_step):
@@ -91,6 +96,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             prefetch=r.config.data.prefetch,
         )
         cleanup.callback(batches.close)
+        recorder.goodput.book("startup")
         train_loop(r, state, step_for, batches, ckpt, recorder, evaluation, stop, start_step)
     plot_metrics(r.workdir)  # the checkpoint is on disk and metrics.jsonl closed: nothing left to wait for it
     return recorder.last
@@ -101,13 +107,13 @@ def eval_schedule(r: Setup) -> Schedule:
     return Schedule(t.eval_every, r.plan.num_steps, r.eval_batches, r.plan.eval_batch, t.eval_steps)
 
 
-def train_steps(layout: StateLayout, layer_stats_every: int) -> Callable[[int], Callable]:
+def train_steps(layout: StateLayout, layer_stats_every: int, goodput: Goodput) -> Callable[[int], Callable]:
     """The jitted step for each step number: the plain one, or at multiples of train.layer_stats_every (0: never)
-    the one that also measures the layers."""
-    plain = step.make_train_step(layout)
+    the one that also measures the layers. Each one's first call is booked as compilation."""
+    plain = goodput.compiling(step.make_train_step(layout))
     if not layer_stats_every:
         return lambda done: plain
-    measuring = step.make_train_step(layout, layer_stats=True)
+    measuring = goodput.compiling(step.make_train_step(layout, layer_stats=True))
     return lambda done: measuring if done % layer_stats_every == 0 else plain
 
 
@@ -124,10 +130,12 @@ def train_loop(
 ) -> None:
     """Steps start_step + 1 .. r.end_step (step_for(k): step k's jitted step). Metrics are read one step late, so the
     host never stalls the device, except at a step that saves or evaluates: after a non-finite loss nothing more is
-    saved or evaluated."""
+    saved or evaluated. Ends with the goodput report."""
     pending = None  # (step, metrics) dispatched but not yet read
     for done in range(start_step + 1, r.end_step + 1):
-        state, metrics = step_for(done)(state, next(batches))
+        with recorder.goodput.timing("data_wait"):
+            batch = next(batches)
+        state, metrics = step_for(done)(state, batch)
         if pending is not None:
             recorder.train(*pending)
         pending = (done, metrics)
@@ -143,13 +151,17 @@ def train_loop(
             pending = None
         # Save before evaluating: the save goes on in the background meanwhile, and a failed evaluation keeps it.
         if saving:
-            ckpt.save(state, data={**r.stream, "step": done}, config=r.cfg.to_dict())
+            with recorder.goodput.timing("checkpoint"):
+                ckpt.save(state, data={**r.stream, "step": done}, config=r.cfg.to_dict())
         if evaluating:
             evaluation(done, state.params)
         if stopping:
             break
     if pending is not None:
         recorder.train(*pending)
+    with recorder.goodput.timing("checkpoint"):
+        ckpt.wait()  # the last save on disk: its end is part of the run's time
+    recorder.report_goodput()
 
 
 def plot_metrics(workdir: str) -> None:
