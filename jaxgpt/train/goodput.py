@@ -49,7 +49,7 @@ class Goodput:
             "saved": None,  # epoch seconds of the last write
             "start_step": start_step,
             "step": start_step,  # the newest step seen to finish
-            "recomputed_steps": self.redo_until - start_step,
+            "recomputed_steps": 0,  # steps done again so far (up to redo_until)
             "seconds": dict.fromkeys(CATEGORIES, 0.0),
         }
         self.seconds = self.attempt["seconds"]
@@ -84,7 +84,9 @@ class Goodput:
 
     def step(self, done: int) -> None:
         """Step `done` was seen to finish: the unbooked time since the step before is its time."""
-        self.book("recomputed" if done <= self.redo_until else "productive")
+        again = done <= self.redo_until
+        self.book("recomputed" if again else "productive")
+        self.attempt["recomputed_steps"] += int(again)
         self.attempt["step"] = done
 
     def totals(self) -> dict[str, float]:
