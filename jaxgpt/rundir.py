@@ -2,7 +2,7 @@
 
     DIR/checkpoints/    Orbax steps (checkpoint.py); a damaged step is moved aside to <step>.damaged on resume
     DIR/run.lock        held by the run writing here: a second run started in DIR is refused (`exclusive`)
-    DIR/metrics.jsonl   one JSON object per train/eval event (train/recorder.py)
+    DIR/metrics.jsonl   one JSON object per train/eval/layers event (train/recorder.py)
     DIR/metrics.png     its curves, drawn when the run ends (plots.py)
     DIR/goodput.json    where the wall time went, attempt by attempt (train/goodput.py), which a resume continues
     DIR/config.json     the resolved config, plus what was derived from it (steps, batch, mesh)
