@@ -2,6 +2,7 @@
 
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --config=configs/gpt60m.py
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --loss_mask --nomodalities   # mask overhead
+    flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --layer_stats --nomodalities  # layer statistics
 
 Times `--steps` train steps after compilation and warmup on all local devices (mesh from the config), reports compile
 time, peak memory, tokens/s and MFU = tokens/s * flops_per_token / (peak FLOP/s * devices). The peak is
@@ -50,6 +51,11 @@ _LOSS_MASK = flags.DEFINE_bool(
     "loss_mask",
     False,
     "also time the step with loss masks (data.loss_mask_tokens), alternating rounds, and print the overhead",
+)
+_LAYER_STATS = flags.DEFINE_bool(
+    "layer_stats",
+    False,
+    "also time the step that measures the layers (train.layer_stats_every), alternating rounds, and print the overhead",
 )
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", "", "also trace 3 steps with jax.profiler into this folder (Perfetto)"
@@ -130,6 +136,25 @@ def time_loss_mask(layout: StateLayout, state, tokens, put, rounds: int = 4):
     return state
 
 
+def time_layer_stats(layout: StateLayout, state, batch, rounds: int = 4):
+    """The step with and without per-layer statistics, in alternating rounds on the same state; the best round of
+    each. The loop runs the measuring step only every train.layer_stats_every steps: this is its cost on those."""
+    plain = make_train_step(layout).lower(state, batch).compile()
+    measuring = make_train_step(layout, layer_stats=True).lower(state, batch).compile()
+    best = {"plain": float("inf"), "measuring": float("inf")}
+    for _ in range(rounds):
+        state, seconds = _timed(plain, state, batch, _STEPS.value)
+        best["plain"] = min(best["plain"], seconds)
+        state, seconds = _timed(measuring, state, batch, _STEPS.value)
+        best["measuring"] = min(best["measuring"], seconds)
+    overhead = best["measuring"] / best["plain"] - 1
+    print(
+        f"layer_stats: step_s plain={best['plain']:.4f} measuring={best['measuring']:.4f} (best of {rounds} alternating"
+        f" rounds of {_STEPS.value} steps) layer_stats_overhead={100 * overhead:+.1f}%"
+    )
+    return state
+
+
 def main(argv):
     del argv
     cfg = _CONFIG.value
@@ -186,6 +211,8 @@ def main(argv):
 
     if _LOSS_MASK.value:
         state = time_loss_mask(layout, state, tokens, put)
+    if _LAYER_STATS.value:
+        state = time_layer_stats(layout, state, batch)
 
     if _MODALITIES.value and backend in ("cpu", "gpu"):
         device = "cuda" if backend == "gpu" else "cpu"

@@ -4,7 +4,7 @@
     jaxgpt plan --config=configs/gpt60m.py --devices=8 --device=h100                   (= python -m jaxgpt.plan)
     jaxgpt generate --workdir=DIR --prompt=TEXT [...]                                 (= python -m jaxgpt.generate)
     jaxgpt export hf|modalities --workdir=DIR --out=OUT [...]                         (= tools/export_*.py)
-    jaxgpt plot DIR [DIR ...] [--out F.png]                                           (= tools/plot_metrics.py)
+    jaxgpt plot DIR [DIR ...] [--out F.png] [--layers]                                (= tools/plot_metrics.py)
     jaxgpt create_memmap_index IN.jsonl / create_packed_data ... IN.jsonl / inspect_pbin F.pbin   (= tools/*.py)
     jaxgpt data NAME ...   Modalities 0.5.0's data commands under their own names and flags
 
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from jaxgpt.data.commands import add_data_commands, add_policy_flag
-from jaxgpt.errors import JaxgptError, PackedDataError
+from jaxgpt.errors import JaxgptError, MetricsError, PackedDataError
 
 # The edge
 # ------------------------------------------------------------------------------------------------------------------
@@ -237,12 +237,21 @@ def _generate(a: argparse.Namespace) -> None:
 def _plot_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a run's workdir (several: overlaid, one colour each)")
     p.add_argument("--out", default=None, help="the image (.png, .pdf, .svg, ...); default: the first DIR/metrics.png")
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="one run's per-layer statistics (train.layer_stats_every) as heat maps; default --out: DIR/layers.png",
+    )
 
 
 def _plot(a: argparse.Namespace) -> str:
-    from jaxgpt.plots import plot_runs
+    from jaxgpt.plots import plot_layers, plot_runs
 
-    return plot_runs(a.dirs, a.out)
+    if not a.layers:
+        return plot_runs(a.dirs, a.out)
+    if len(a.dirs) != 1:
+        raise MetricsError(f"--layers draws one run; {len(a.dirs)} were given: {' '.join(a.dirs)}")
+    return plot_layers(a.dirs[0], a.out)
 
 
 class Command(NamedTuple):

@@ -83,6 +83,9 @@ class TrainConfig(Section):
     eval_every: int = knob(100, resumable=True)  # steps between evaluations (also one at the end)
     eval_batch_size: int = knob(0, resumable=True)  # sequences per eval batch (all hosts); 0: micro batch x replicas
     eval_steps: int = knob(0, resumable=True)  # batches per evaluation; 0: a full pass over the validation split
+    # Steps between per-layer statistics (norms of params, grads, updates; block output RMS: train/layer_stats.py),
+    # measured by a second jitted step on those steps only; 0: off, and the step is the plain one
+    layer_stats_every: int = knob(0, resumable=True)
     seed: int = knob(0, resumable=True)  # model init and dropout seed (a resume takes both from the checkpoint)
     init_from: str = ""  # warm start at step 0: a jaxgpt workdir (PATH or PATH@STEP) or an HF folder; "" = off
     compute_dtype: str = "auto"  # matmuls: "auto" (bf16 on GPU/TPU, float32 on CPU) | "bfloat16" | "float32"
@@ -110,6 +113,7 @@ class TrainConfig(Section):
             check_int("train.log_every", self.log_every, hint=" (or None: every step in runs of <= 100 steps, else 10)")
         check_int("train.eval_batch_size", self.eval_batch_size, minimum=0, hint=" (0: micro_batch_size * replicas)")
         check_int("train.eval_steps", self.eval_steps, minimum=0, hint=" (0: a full pass)")
+        check_int("train.layer_stats_every", self.layer_stats_every, minimum=0, hint=" (0: off)")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"train.peak_flops={self.peak_flops!r} must be > 0 (or None: the device table)")
         check_int("train.profile_memory_step", self.profile_memory_step, minimum=0, hint=" (0: off)")

@@ -1,8 +1,10 @@
 """A run's curves from its metrics.jsonl: train and eval loss against step (tokens seen on the top axis), learning
-rate, gradient norm and throughput, for one run or several overlaid.
+rate, gradient norm and throughput, for one run or several overlaid; and a run's per-layer statistics
+(train.layer_stats_every) as heat maps of layer against step.
 
-`python tools/plot_metrics.py DIR [DIR ...] [--out F.png]` is the CLI; `train.run` writes DIR/metrics.png through
-`plot_runs` when it ends. In a notebook, `figure(read_runs([DIR]))` shows itself as a PNG, no pyplot needed.
+`python tools/plot_metrics.py DIR [DIR ...] [--out F.png]` is the CLI (`--layers`: the heat maps, DIR/layers.png);
+`train.run` writes DIR/metrics.png through `plot_runs` when it ends. In a notebook, `figure(read_runs([DIR]))` (or
+`layers_figure(read_run(DIR, label))`) shows itself as a PNG, no pyplot needed.
 
 Reading is tolerant where a real run leaves gaps and strict where a file was damaged: a half-written last line (a run
 still writing, or killed mid-line) is not an event yet and is skipped; a run without validation data has no eval
@@ -20,7 +22,9 @@ import io
 import json
 import os
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
@@ -31,7 +35,10 @@ from jaxgpt.io import atomic_output
 # The event kinds drawn, the value each must hold and the values drawn when present (recorder.py writes them); other
 # kinds and keys (a newer jaxgpt's) are passed over.
 REQUIRED = {"train": "loss", "eval": "eval_loss"}
+LAYERS_PLOT = "layers.png"  # plot_layers' default, beside metrics.png
 DRAWN = {"train": ("loss", "lr", "grad_norm", "tokens_per_s"), "eval": ("eval_loss",)}
+# The per-layer statistics, "layers/<stat>/<layer>" in the "layers" events (jaxgpt/train/layer_stats.py's STATS)
+LAYERS, LAYER_STATS = "layers", ("param_norm", "grad_norm", "update_norm", "update_ratio", "act_rms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,7 @@ class RunMetrics:
     train: dict[int, dict]  # step -> train event
     eval: dict[int, dict]  # step -> eval event; empty for a run without validation data
     tokens_per_step: int | None  # from the run's config.json; None when the workdir has none
+    layers: dict[int, dict] = dataclasses.field(default_factory=dict)  # step -> per-layer statistics event
 
     def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of `key` over the events of `kind` that hold it."""
@@ -51,7 +59,8 @@ class RunMetrics:
 
 
 def read_events(path: str) -> dict[str, dict[int, dict]]:
-    """{"train": {step: event}, "eval": {step: event}} of one metrics.jsonl, checked line by line."""
+    """{"train": {step: event}, "eval": {step: event}, "layers": {step: event}} of one metrics.jsonl, checked line by
+    line."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.readlines()
@@ -59,7 +68,7 @@ def read_events(path: str) -> dict[str, dict[int, dict]]:
         raise MetricsError(f"{path}: no such file (a jaxgpt workdir holds one from its first logged step)") from None
     except OSError as e:
         raise MetricsError(f"{path}: cannot read it ({e.strerror})") from None
-    events = {kind: {} for kind in REQUIRED}
+    events = {kind: {} for kind in (*REQUIRED, LAYERS)}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -87,6 +96,10 @@ def check_event(event, path: str, lineno: int) -> str | None:
     step, kind = event.get("step"), event.get("event")
     if type(step) is not int or step < 0:
         raise MetricsError(f"{path}:{lineno}: step={step!r} is not a step number (an integer >= 0)")
+    if kind == LAYERS:
+        for key, value in event.items():
+            if key.startswith(f"{LAYERS}/") and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise MetricsError(f"{path}:{lineno}: {key}={value!r} is not a number")
     if kind not in REQUIRED:
         return kind
     if REQUIRED[kind] not in event:
@@ -137,7 +150,7 @@ def read_run(path: str, label: str) -> RunMetrics:
     if not events["train"]:
         raise MetricsError(f"{metrics_path}: holds no train events yet, so there is nothing to plot")
     tokens = read_tokens_per_step(os.path.join(workdir, rundir.CONFIG))
-    return RunMetrics(label, events["train"], events["eval"], tokens)
+    return RunMetrics(label, events["train"], events["eval"], tokens, events[LAYERS])
 
 
 def read_runs(paths: list[str], labels: list[str] | None = None) -> list[RunMetrics]:
@@ -202,6 +215,62 @@ def tokens_axis(ax, runs: list[RunMetrics]) -> None:
     top = ax.secondary_xaxis("top", functions=(lambda step: step * n, lambda tokens: tokens / n))
     top.set_xlabel(f"tokens seen ({n:,} per step)")
     top.xaxis.set_major_formatter(EngFormatter())
+
+
+def layer_order(name: str) -> tuple[int, int]:
+    """Layers from the input up: the embeddings, the blocks h.0, h.1, ..., then the final norm and the head."""
+    if name.startswith("h.") and name[2:].isdigit():
+        return 1, int(name[2:])
+    return (0, 0) if name in ("wte", "wpe") else (2, 0 if name == "lm_head_norm" else 1)
+
+
+def layer_grid(run: RunMetrics, stat: str) -> tuple[list[int], list[str], np.ndarray]:
+    """(steps, layers from the input up, values [layers, steps]; NaN where a step lacks a layer) of one statistic."""
+    steps, prefix = list(run.layers), f"{LAYERS}/{stat}/"
+    names = {k[len(prefix) :] for event in run.layers.values() for k in event if k.startswith(prefix)}
+    layers = sorted(names, key=lambda name: (layer_order(name), name))
+    values_LxS = np.array([[run.layers[s].get(prefix + name, np.nan) for s in steps] for name in layers], float)
+    return steps, layers, values_LxS.reshape(len(layers), len(steps))
+
+
+def layers_figure(run: RunMetrics) -> RunsFigure:
+    """One heat map per statistic: layer (from the input up) against step, in a log colour scale."""
+    if not run.layers:
+        raise MetricsError(f"{run.label}: holds no per-layer statistics; train with train.layer_stats_every=N")
+    fig = RunsFigure(figsize=(12, 14), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = {"left": 0.1, "right": 0.98, "bottom": 0.04, "top": 0.94, "hspace": 0.3}
+    axes = fig.subplots(len(LAYER_STATS), 1, sharex=True, gridspec_kw=grid)
+    for ax, stat in zip(axes, LAYER_STATS):
+        steps, layers, values_LxS = layer_grid(run, stat)
+        positive = values_LxS[np.isfinite(values_LxS) & (values_LxS > 0)]
+        norm = LogNorm(positive.min(), positive.max()) if positive.size else None
+        mesh = ax.pcolormesh(step_edges(steps), np.arange(len(layers) + 1), values_LxS, norm=norm, shading="flat")
+        ax.set_yticks(np.arange(len(layers)) + 0.5, layers, fontsize=7)
+        ax.set_title(stat.replace("_", " "))
+        fig.colorbar(mesh, ax=ax, pad=0.01)
+    axes[-1].set_xlabel("step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"{run.label}: per-layer statistics")
+    return fig
+
+
+def step_edges(steps: list[int]) -> np.ndarray:
+    """Cell edges around each step: halfway to its neighbours (one step: a cell 1 wide)."""
+    s = np.asarray(steps, float)
+    if len(s) == 1:
+        return np.array([s[0] - 0.5, s[0] + 0.5])
+    mid = (s[1:] + s[:-1]) / 2
+    return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
+
+
+def plot_layers(path: str, out: str | None = None) -> str:
+    """Draws a run's per-layer heat maps into `out`, by default its DIR/layers.png."""
+    run = read_run(path, default_labels([path])[0])
+    if out is None:
+        out = os.path.join(locate(path)[0], LAYERS_PLOT)
+    save(layers_figure(run), out)
+    return out
 
 
 def save(fig: Figure, out: str) -> None:

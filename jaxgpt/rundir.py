@@ -2,8 +2,9 @@
 
     DIR/checkpoints/    Orbax steps (checkpoint.py); a damaged step is moved aside to <step>.damaged on resume
     DIR/run.lock        held by the run writing here: a second run started in DIR is refused (`exclusive`)
-    DIR/metrics.jsonl   one JSON object per train/eval event (train/recorder.py)
+    DIR/metrics.jsonl   one JSON object per train/eval/layers event (train/recorder.py)
     DIR/metrics.png     its curves, drawn when the run ends (plots.py)
+    DIR/goodput.json    where the wall time went, attempt by attempt (train/goodput.py), which a resume continues
     DIR/config.json     the resolved config, plus what was derived from it (steps, batch, mesh)
     DIR/tokenizer.json  the tokenizer the data was packed with, copied at the run's start: the workdir alone generates
     DIR/wandb/          the W&B run (offline by default), and wandb_run_id, which a resume continues
@@ -26,6 +27,7 @@ from jaxgpt.errors import CheckpointError, JaxgptError
 CHECKPOINTS = "checkpoints"
 LOCK = "run.lock"
 METRICS = "metrics.jsonl"
+GOODPUT = "goodput.json"  # where the run's wall time went, over every attempt (train/goodput.py)
 PLOT = "metrics.png"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"

@@ -2,6 +2,7 @@
 tokens/s.
 
 python tools/plot_metrics.py DIR [DIR ...] [--out F.png]
+python tools/plot_metrics.py DIR --layers [--out F.png]    # per-layer statistics as heat maps (DIR/layers.png)
 
 The default output is the first DIR's metrics.png. A DIR may also be a metrics .jsonl file itself.
 """

@@ -127,12 +127,14 @@ class GPT(nnx.Module):
         cache: KVCache | None = None,
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
+        block_ms: list | None = None,
     ):
         """Final-normed hidden states [B, T, D] in the compute dtype: everything but the vocab projection (the loss
-        fuses that with the cross-entropy). With a cache, (hidden states, the updated cache)."""
+        fuses that with the cross-entropy). With a cache, (hidden states, the updated cache). block_ms: see `layers`."""
         positions_BxT = None if cache is None else cache.positions(tokens_BxT.shape[1])
         x_BxTxD = self.embed(tokens_BxT, positions_BxT)
-        h_BxTxD, cache = self.layers(x_BxTxD, positions_BxT, cache, self.dropout_keys(deterministic, rngs))
+        keys = self.dropout_keys(deterministic, rngs)
+        h_BxTxD, cache = self.layers(x_BxTxD, positions_BxT, cache, keys, block_ms)
         return h_BxTxD if cache is None else (h_BxTxD, cache)
 
     def embed(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None) -> jax.Array:
@@ -146,9 +148,11 @@ class GPT(nnx.Module):
             x_BxTxD = x_BxTxD + (wpe_TxD[:T][None] if positions_BxT is None else wpe_TxD[positions_BxT])
         return constrain(x_BxTxD, "batch", "seq", "act_embed")
 
-    def layers(self, x_BxTxD: jax.Array, positions_BxT=None, cache: KVCache | None = None, keys=None):
+    def layers(self, x_BxTxD: jax.Array, positions_BxT=None, cache: KVCache | None = None, keys=None, block_ms=None):
         """Embeddings -> final-normed hidden states [B, T, D]: dropout, the blocks, lm_head_norm. positions_BxT: each
-        token's position (None: 0 .. T-1); keys: n_layer + 1 dropout keys (None: no dropout). Returns (h, cache)."""
+        token's position (None: 0 .. T-1); keys: n_layer + 1 dropout keys (None: no dropout); block_ms: a list that
+        receives each block's output mean square, float32 [] over the batch (the train step's layer statistics),
+        or None: nothing extra is computed. Returns (h, cache)."""
         cfg, T = self.cfg, x_BxTxD.shape[1]
         keys = [None] * (cfg.n_layer + 1) if keys is None else keys
         x_BxTxD = dropout(x_BxTxD, cfg.dropout, keys[-1])
@@ -166,6 +170,8 @@ class GPT(nnx.Module):
         for i, block in enumerate(self.h):
             x_BxTxD, kv = run_block(block, x_BxTxD, keys[i], None if cache is None else cache.kv[i])
             new_kv.append(kv)
+            if block_ms is not None:
+                block_ms.append(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32))))
         if cache is not None:
             cache = cache.replace(kv=new_kv, end=cache.end + T)
         return self.lm_head_norm(x_BxTxD), cache

@@ -77,7 +77,7 @@ class Evaluation:
 
     def __call__(self, step: int, params) -> None:
         s = self.schedule
-        with self.recorder.evaluating(step, s.batches) as on_batch:
+        with self.recorder.evaluating(step, s.batches) as on_batch, self.recorder.goodput.timing("eval"):
             scores = evaluate(self.eval_step, params, self.source, s.eval_batch, self.mesh, s.max_batches, on_batch)
         self.recorder.eval(step, scores)
 

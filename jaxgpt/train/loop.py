@@ -2,9 +2,9 @@
 
 The jitted step (step.py) is pure; everything impure lives around it, each in its room: setup.py (settings and data
 checked, nothing written) -> state.py (the StateLayout) -> resume.py (a resume must continue the run exactly) ->
-record.py (config.json, tokenizer.json, the banner) -> recorder.py (metrics.jsonl, W&B, the progress bar),
-evaluation.py and profile.py (traces, memory profiles) -> `train_loop` below, which holds the order of save, evaluate
-and stop; signals.py turns SIGTERM into a stop. The workdir's files: jaxgpt/rundir.py.
+record.py (config.json, tokenizer.json, the banner) -> recorder.py (metrics.jsonl, W&B, the progress bar; goodput.py,
+where the wall time went), evaluation.py and profile.py (traces, memory profiles) -> `train_loop` below, which holds
+the order of save, evaluate and stop; signals.py turns SIGTERM into a stop. The workdir's files: jaxgpt/rundir.py.
 
 Metrics are read one step late, so the host never stalls the device, except at the steps that save or evaluate, which
 read their own step's metrics first: after a non-finite loss nothing more is saved or evaluated. Step k's metrics are
@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import warnings
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -32,6 +34,7 @@ from jaxgpt.distributed import is_lead
 from jaxgpt.errors import ConfigError
 from jaxgpt.train import step
 from jaxgpt.train.evaluation import Evaluation, Schedule
+from jaxgpt.train.goodput import Goodput
 from jaxgpt.train.profile import Profiler
 from jaxgpt.train.record import banner, record_chat_template, record_tokenizer, write_run_record
 from jaxgpt.train.recorder import Cadence, Recorder
@@ -43,6 +46,7 @@ from jaxgpt.train.state import StateLayout
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> dict:
     """Trains (or resumes) in `workdir`; returns the last train and eval events."""
+    started = time.perf_counter()  # the attempt's wall time counts from here (goodput.py)
     r = setup(cfg, workdir, stop_after)
     try:
         os.makedirs(r.workdir, exist_ok=True)
@@ -68,7 +72,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         schedule = eval_schedule(r)
         if is_lead():
             print(banner(r, start_step, schedule.cost(r.plan.tokens_per_step, r.config.data.seq_len)), flush=True)
-        step_fn = step.make_train_step(layout)
         cadence = Cadence(
             r.plan.num_steps,
             r.end_step,
@@ -77,7 +80,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             r.flops_per_token,
             r.peak_flops,
         )
-        recorder = cleanup.enter_context(Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt))
+        recorder = cleanup.enter_context(
+            Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt, started=started)
+        )
+        step_for = train_steps(layout, r.config.train.layer_stats_every, recorder.goodput)
         eval_fn = step.make_eval_step(layout) if r.val_src is not None else None
         evaluation = Evaluation(schedule, eval_fn, r.val_src, r.mesh, recorder)
         if evaluation.missed(start_step):
@@ -92,7 +98,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         )
         cleanup.callback(batches.close)
         profiler = cleanup.enter_context(Profiler(r.workdir, r.config.train, start_step))
-        train_loop(r, state, step_fn, batches, ckpt, recorder, evaluation, stop, profiler, start_step)
+        recorder.goodput.book("startup")
+        train_loop(r, state, step_for, batches, ckpt, recorder, evaluation, stop, profiler, start_step)
     plot_metrics(r.workdir)  # the checkpoint is on disk and metrics.jsonl closed: nothing left to wait for it
     return recorder.last
 
@@ -102,10 +109,20 @@ def eval_schedule(r: Setup) -> Schedule:
     return Schedule(t.eval_every, r.plan.num_steps, r.eval_batches, r.plan.eval_batch, t.eval_steps)
 
 
+def train_steps(layout: StateLayout, layer_stats_every: int, goodput: Goodput) -> Callable[[int], Callable]:
+    """The jitted step for each step number: the plain one, or at multiples of train.layer_stats_every (0: never)
+    the one that also measures the layers. Each one's first call is booked as compilation."""
+    plain = goodput.compiling(step.make_train_step(layout))
+    if not layer_stats_every:
+        return lambda done: plain
+    measuring = goodput.compiling(step.make_train_step(layout, layer_stats=True))
+    return lambda done: measuring if done % layer_stats_every == 0 else plain
+
+
 def train_loop(
     r: Setup,
     state,
-    step_fn,
+    step_for: Callable[[int], Callable],
     batches,
     ckpt,
     recorder: Recorder,
@@ -114,11 +131,14 @@ def train_loop(
     profiler: Profiler,
     start_step: int,
 ) -> None:
-    """Steps start_step + 1 .. r.end_step. Metrics are read one step late, so the host never stalls the device,
-    except at a step that saves, evaluates or profiles: after a non-finite loss nothing more is saved or evaluated."""
+    """Steps start_step + 1 .. r.end_step (step_for(k): step k's jitted step). Metrics are read one step late, so the
+    host never stalls the device, except at a step that saves, evaluates or profiles: after a non-finite loss nothing
+    more is saved or evaluated. Ends with the goodput report."""
     pending = None  # (step, metrics) dispatched but not yet read
     for done in range(start_step + 1, r.end_step + 1):
-        state, metrics = step_fn(state, next(batches))
+        with recorder.goodput.timing("data_wait"):
+            batch = next(batches)
+        state, metrics = step_for(done)(state, batch)
         if done == profiler.due:  # without profiles, never (profile.NEVER): this compare is all they cost
             profiler.after(done, state)
         if pending is not None:
@@ -136,13 +156,17 @@ def train_loop(
             pending = None
         # Save before evaluating: the save goes on in the background meanwhile, and a failed evaluation keeps it.
         if saving:
-            ckpt.save(state, data={**r.stream, "step": done}, config=r.cfg.to_dict())
+            with recorder.goodput.timing("checkpoint"):
+                ckpt.save(state, data={**r.stream, "step": done}, config=r.cfg.to_dict())
         if evaluating:
             evaluation(done, state.params)
         if stopping:
             break
     if pending is not None:
         recorder.train(*pending)
+    with recorder.goodput.timing("checkpoint"):
+        ckpt.wait()  # the last save on disk: its end is part of the run's time
+    recorder.report_goodput()
 
 
 def plot_metrics(workdir: str) -> None:

@@ -24,6 +24,8 @@ from jaxgpt.config import WandbConfig
 from jaxgpt.distributed import is_lead
 from jaxgpt.errors import TrainingStopped
 from jaxgpt.io import atomic_output
+from jaxgpt.train import layer_stats
+from jaxgpt.train.goodput import Goodput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +47,16 @@ class MetricsLog:
         self.path = path
         self._file = None
         self.eval_steps: set[int] = set()  # steps whose eval event the file holds (process 0 only)
+        self.logged_step = 0  # the newest step the file held, before the cut (process 0 only)
         if not is_lead():
             return
         if os.path.exists(path):
             # A crash after the last checkpoint leaves events the resumed run will produce again: drop them, so the file
             # reads as one uninterrupted run.
             with open(path) as f:
-                kept = [line for line in f if _event_step(line) <= resume_step]
+                lines = f.readlines()
+            self.logged_step = max((s for s in map(_event_step, lines) if s != math.inf), default=0)
+            kept = [line for line in lines if _event_step(line) <= resume_step]
             self.eval_steps = {e["step"] for e in map(json.loads, kept) if e.get("event") == "eval"}
             with atomic_output(path) as tmp, open(tmp, "w") as f:
                 f.writelines(kept)
@@ -127,13 +132,23 @@ class Recorder(contextlib.ExitStack):
     leave its `with` block) to close all three."""
 
     def __init__(
-        self, workdir: str, cadence: Cadence, wandb: WandbConfig, resolved: dict, start_step: int, checkpoints
+        self,
+        workdir: str,
+        cadence: Cadence,
+        wandb: WandbConfig,
+        resolved: dict,
+        start_step: int,
+        checkpoints,
+        started: float | None = None,
     ):
-        """resolved: the run's config.json, for W&B; checkpoints: the Checkpointer, which names the newest good one."""
+        """resolved: the run's config.json, for W&B; checkpoints: the Checkpointer, which names the newest good one;
+        started: time.perf_counter() when the run started (goodput's start-up; default: now)."""
         super().__init__()
         self.cadence, self.checkpoints = cadence, checkpoints
         self.metrics = MetricsLog(rundir.path(workdir, rundir.METRICS), start_step)
         self.callback(self.metrics.close)
+        goodput_path = rundir.path(workdir, rundir.GOODPUT) if is_lead() else None
+        self.goodput = Goodput(goodput_path, start_step, self.metrics.logged_step, started)
         self.wandb = Wandb(wandb, workdir, resolved)
         self.callback(self.wandb.close)
         self.bar = tqdm(
@@ -152,8 +167,12 @@ class Recorder(contextlib.ExitStack):
         step with less time than it took."""
         waited = not all(getattr(v, "is_ready", lambda: True)() for v in jax.tree.leaves(metrics))
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        self.goodput.step(done)
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise self._nonfinite(done, m)
+        layers = {k: m.pop(k) for k in [k for k in m if k.startswith(layer_stats.PREFIX)]}
+        if layers:  # a step of train.layer_stats_every: its own event, whatever train.log_every says
+            self._emit("layers", {"event": "layers", "step": done, **layers})
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
         c = self.cadence
         if done % c.log_every and done != c.end_step:
@@ -163,9 +182,17 @@ class Recorder(contextlib.ExitStack):
         if waited:
             self._since = (now, done)
         mfu = tokens_per_s * c.flops_per_token / c.peak_flops
-        event = {"event": "train", "step": done, **m, "tokens_per_s": tokens_per_s, "mfu": mfu, "time": time.time()}
+        event = {"event": "train", "step": done, **m, "tokens_per_s": tokens_per_s, "mfu": mfu}
+        event |= {**self.goodput.fields(), "time": time.time()}
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         self._emit("train", event)
+        self.goodput.save()
+
+    def report_goodput(self) -> None:
+        """DIR/goodput.json, final, and its report under the bar (process 0)."""
+        self.goodput.save()
+        if is_lead():
+            self.bar.write(self.goodput.report())
 
     @contextlib.contextmanager
     def evaluating(self, done: int, num_batches: int):

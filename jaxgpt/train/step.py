@@ -17,15 +17,17 @@ from flax import nnx
 from jaxgpt.data.sft import loss_mask
 from jaxgpt.model.loss import lm_loss, token_losses
 from jaxgpt.sharding import batch_sharding, constrain, logical_spec
+from jaxgpt.train import layer_stats as stats
 from jaxgpt.train.optim import lr_schedule, make_optimizer
 from jaxgpt.train.state import StateLayout, TrainState
 
 
-def _hidden(layout: StateLayout, params, inputs_BxT, dropout_key) -> tuple[jax.Array, jax.Array]:
-    """Final hidden states [B, T, D] (compute dtype) and the float32 vocab projection [V, D]."""
+def _hidden(layout: StateLayout, params, inputs_BxT, dropout_key, block_ms=None) -> tuple[jax.Array, jax.Array]:
+    """Final hidden states [B, T, D] (compute dtype) and the float32 vocab projection [V, D]; block_ms: a list for
+    each block's output mean square (GPT.layers), or None."""
     model = layout.model(params)
     rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-    h_BxTxD = model.hidden(inputs_BxT, deterministic=dropout_key is None, rngs=rngs)
+    h_BxTxD = model.hidden(inputs_BxT, deterministic=dropout_key is None, rngs=rngs, block_ms=block_ms)
     return h_BxTxD, model.head_weight()
 
 
@@ -69,10 +71,15 @@ def _loss_weights(cfg, targets_GxT: jax.Array) -> tuple[jax.Array | None, jax.Ar
     return mask_GxT / jnp.maximum(count, 1.0), count
 
 
-def make_train_step(layout: StateLayout) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    layout: StateLayout, layer_stats: bool = False
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """(state, {"inputs", "targets": int32[G, T]}) -> (new state, {"loss", "grad_norm", "lr"}); donates the state.
     With loss masks (cfg.loss_mask_ids) the loss is the mean over the counted targets, the metrics add
-    "tokens_counted", and a batch without any counted target changes nothing but the step (loss 0, no update)."""
+    "tokens_counted", and a batch without any counted target changes nothing but the step (loss 0, no update).
+    layer_stats: the metrics add the per-layer statistics "layers/..." (layer_stats.py), for the steps of
+    train.layer_stats_every; without it nothing of them is traced, so the plain step compiles as if they did not
+    exist."""
     cfg, mesh = layout.cfg, layout.mesh
     tx = make_optimizer(cfg.optim, cfg.num_steps)
     schedule = lr_schedule(cfg.optim, cfg.num_steps)
@@ -81,8 +88,10 @@ def make_train_step(layout: StateLayout) -> Callable[[TrainState, dict], tuple[T
     masked = cfg.loss_mask_ids is not None
 
     def loss_fn(params, inputs_BxT, targets_BxT, weights_BxT, key):
-        h_BxTxD, w_VxD = _hidden(layout, params, inputs_BxT, key)
-        return lm_loss(h_BxTxD, w_VxD, targets_BxT, cfg.z_loss, cfg.loss_chunks, weights_BxT)  # (loss, ce)
+        block_ms = [] if layer_stats else None  # the forward pass appends each block's output mean square
+        h_BxTxD, w_VxD = _hidden(layout, params, inputs_BxT, key, block_ms)
+        loss, ce = lm_loss(h_BxTxD, w_VxD, targets_BxT, cfg.z_loss, cfg.loss_chunks, weights_BxT)
+        return loss, (ce, jnp.stack(block_ms) if layer_stats else ())  # () adds no leaf: the plain step's carry
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
@@ -96,16 +105,17 @@ def make_train_step(layout: StateLayout) -> Callable[[TrainState, dict], tuple[T
             step_key = jax.random.fold_in(state.rng, state.step)
 
             def micro(carry, xs):
-                grads_sum, ce_sum = carry
+                grads_sum, ce_sum, ms_sum = carry
                 index, inputs_MxT, targets_MxT, weights_MxT = xs
                 key = jax.random.fold_in(step_key, index) if use_dropout else None
                 loss_and_grads = jax.value_and_grad(loss_fn, has_aux=True)
-                (_, ce), grads = loss_and_grads(state.params, inputs_MxT, targets_MxT, weights_MxT, key)
-                return (jax.tree.map(jnp.add, grads_sum, grads), ce_sum + ce), None
+                (_, (ce, ms)), grads = loss_and_grads(state.params, inputs_MxT, targets_MxT, weights_MxT, key)
+                return (jax.tree.map(jnp.add, grads_sum, grads), ce_sum + ce, jax.tree.map(jnp.add, ms_sum, ms)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
+            ms_zeros = jnp.zeros((cfg.model.n_layer,), jnp.float32) if layer_stats else ()
             xs = (jnp.arange(accum), inputs_AxMxT, targets_AxMxT, weights_AxMxT)
-            (grads_sum, ce_sum), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)), xs)
+            (grads_sum, ce_sum, ms_sum), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32), ms_zeros), xs)
             # equal-size micro batches: the mean of their means is the mean over the whole batch; with weights the
             # micro batches' weighted sums already add up to the batch's mean
             norm = 1 if masked else accum
@@ -120,16 +130,17 @@ def make_train_step(layout: StateLayout) -> Callable[[TrainState, dict], tuple[T
             metrics = {"loss": ce_sum / norm, "grad_norm": grad_norm, "lr": schedule(state.step)}
             if masked:
                 metrics["tokens_counted"] = count
+            if layer_stats:  # equal-size micro batches: the mean of their mean squares is the batch's
+                metrics |= stats.layer_stats(state.params, grads, params, ms_sum / accum)
         return new_state, metrics
 
     state_sh = layout.shardings
     batch_sh = {"inputs": batch_sharding(mesh), "targets": batch_sharding(mesh)}
     scalar = jax.sharding.NamedSharding(mesh, logical_spec())
-    metrics_sh = {"loss": scalar, "grad_norm": scalar, "lr": scalar} | ({"tokens_counted": scalar} if masked else {})
     return jax.jit(
         step,
         in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, metrics_sh),
+        out_shardings=(state_sh, scalar),  # every metric: a replicated scalar
         donate_argnums=0,
         compiler_options=compiler_options(layout.platform),
     )
