@@ -22,14 +22,14 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-${sizes[3]}} FINETUNE_STEPS=${FINETUNE_STEPS:-$
 UNMASKED_STEPS=${UNMASKED_STEPS:-${sizes[5]}}
 SEED=${SEED:-0} # of the data (the held-out set's is SEED + 1) and of the model's init
 jaxgpt() { python -m jaxgpt.cli "$@"; }
-start=$SECONDS
+stage() { echo "== [$SECONDS s] $*"; }
 
 mkdir -p "$WORK"
 cd "$WORK"
 rm -rf runs prepared results.jsonl # this script's outputs only: a second run starts afresh
 cp "$HERE/apply_chat_template.yaml" "$HERE/pbin_config.yaml" .
 
-echo "== data: conversations, held-out conversations, pretraining text and their word-level tokenizer"
+stage "data: conversations, held-out conversations, pretraining text and their word-level tokenizer"
 python "$HERE/make_data.py" --out . --conversations "$CONVERSATIONS" --held_out "$HELD_OUT" --documents "$DOCUMENTS" --seed "$SEED"
 jaxgpt data prepare_instruction_tuning_data --config_file_path apply_chat_template.yaml
 PREPARED=$(ls -d prepared/conversations_*)
@@ -45,7 +45,7 @@ tiny=(--config="$REPO/configs/tiny.py" --config.model.n_embd=128 --config.model.
   --config.train.micro_batch_size=16 --config.optim.lr=1e-3 --config.checkpoint.every=100000
   --config.train.peak_flops=1e11) # peak_flops: MFU's denominator, given to skip timing a 2048^3 matmul at each start
 
-echo "== pretraining: $PRETRAIN_STEPS steps on the plain-text sentences (no roles, no markers)"
+stage "pretraining: $PRETRAIN_STEPS steps on the plain-text sentences (no roles, no markers)"
 jaxgpt train "${tiny[@]}" --workdir=runs/pretrained --config.train.num_steps="$PRETRAIN_STEPS" \
   --config.data.train_path=pretrain.pbin --config.data.val_path= --config.train.log_every=50
 
@@ -54,22 +54,22 @@ jaxgpt train "${tiny[@]}" --workdir=runs/pretrained --config.train.num_steps="$P
 finetune=("${tiny[@]}" --config.train.init_from=runs/pretrained --config.data.reuse_last_target=False
   --config.data.chat_template_file=apply_chat_template.yaml
   --config.data.train_path="$(ls "$PREPARED"/*_train.*.pbin)" --config.data.val_path=)
-echo "== fine-tuning with loss masks: $FINETUNE_STEPS steps, only the assistant's replies (between ^ and \$) count"
+stage "fine-tuning with loss masks: $FINETUNE_STEPS steps, only the assistant's replies (between ^ and \$) count"
 jaxgpt train "${finetune[@]}" --workdir=runs/masked --config.train.num_steps="$FINETUNE_STEPS" \
   --config.data.loss_mask_tokens="('^','\$')"
-echo "== fine-tuning without masks: $UNMASKED_STEPS steps, every target counts"
+stage "fine-tuning without masks: $UNMASKED_STEPS steps, every target counts"
 jaxgpt train "${finetune[@]}" --workdir=runs/unmasked --config.train.num_steps="$UNMASKED_STEPS"
 
-echo "== what each run's loss counted"
+stage "what each run's loss counted"
 python "$HERE/check_masks.py" --masked=runs/masked --unmasked=runs/unmasked --results=results.jsonl
-echo "== exact match of the greedy chat replies on $HELD_OUT held-out conversations"
+stage "exact match of the greedy chat replies on $HELD_OUT held-out conversations"
 python "$HERE/evaluate.py" --held_out=held_out.jsonl --chat_template_file=apply_chat_template.yaml \
   --results=results.jsonl "before (pretrained)=runs/pretrained" "after (masked)=runs/masked" \
   "after (unmasked, $UNMASKED_STEPS steps)=runs/unmasked"
 
-echo "== the same from the command line: python -m jaxgpt.generate --workdir=runs/masked --chat --prompts_file=F"
+stage "the same from the command line: python -m jaxgpt.generate --workdir=runs/masked --chat --prompts_file=F"
 python -c 'import json, sys
 rows = [json.loads(line)["messages"] for line in open("held_out.jsonl")]
 print("\n".join([m[0]["content"] for m in rows if len(m) == 2][:3]))' >chat_prompts.txt
 python -m jaxgpt.generate --workdir=runs/masked --chat --max_new_tokens=8 --prompts_file=chat_prompts.txt | tee chat_replies.txt
-echo "instruction tuning tutorial: done in $((SECONDS - start)) s; runs and data in $WORK"
+echo "instruction tuning tutorial: done in $SECONDS s; runs and data in $WORK"
