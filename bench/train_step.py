@@ -110,6 +110,24 @@ def _timed(compiled, state, batch, steps: int):
     return state, (time.perf_counter() - start) / steps
 
 
+def _alternate(name: str, state, rounds: int, **variants):
+    """Times each (compiled step, batch) of `variants` in turn, `rounds` times over, on one state; prints the best
+    round of each and the last variant's overhead over the first; returns the state."""
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(rounds):
+        for label, (compiled, batch) in variants.items():
+            state, seconds = _timed(compiled, state, batch, _STEPS.value)
+            best[label] = min(best[label], seconds)
+    seconds_by_variant = list(best.values())
+    base_s, other_s = seconds_by_variant[0], seconds_by_variant[-1]
+    times = " ".join(f"{label}={seconds:.4f}" for label, seconds in best.items())
+    print(
+        f"{name}: step_s {times} (best of {rounds} alternating rounds of {_STEPS.value} steps)"
+        f" {name}_overhead={100 * (other_s / base_s - 1):+.1f}%"
+    )
+    return state
+
+
 def time_loss_mask(layout: StateLayout, state, tokens, put, rounds: int = 4):
     """The step with and without loss masks, in alternating rounds on the same state layout; the best round of each.
     The masked batch holds an assistant turn (begin .. end marker) in every row, so a third of its targets count."""
@@ -122,18 +140,7 @@ def time_loss_mask(layout: StateLayout, state, tokens, put, rounds: int = 4):
     masked_layout = StateLayout.build(dataclasses.replace(layout.cfg, loss_mask_ids=(begin, end)), layout.mesh)
     plain = make_train_step(layout).lower(state, plain_batch).compile()
     masked = make_train_step(masked_layout).lower(state, chat_batch).compile()
-    best = {"plain": float("inf"), "masked": float("inf")}
-    for _ in range(rounds):
-        state, seconds = _timed(plain, state, plain_batch, _STEPS.value)
-        best["plain"] = min(best["plain"], seconds)
-        state, seconds = _timed(masked, state, chat_batch, _STEPS.value)
-        best["masked"] = min(best["masked"], seconds)
-    overhead = best["masked"] / best["plain"] - 1
-    print(
-        f"loss_mask: step_s plain={best['plain']:.4f} masked={best['masked']:.4f} (best of {rounds} alternating"
-        f" rounds of {_STEPS.value} steps) loss_mask_overhead={100 * overhead:+.1f}%"
-    )
-    return state
+    return _alternate("loss_mask", state, rounds, plain=(plain, plain_batch), masked=(masked, chat_batch))
 
 
 def time_layer_stats(layout: StateLayout, state, batch, rounds: int = 4):
@@ -141,18 +148,7 @@ def time_layer_stats(layout: StateLayout, state, batch, rounds: int = 4):
     each. The loop runs the measuring step only every train.layer_stats_every steps: this is its cost on those."""
     plain = make_train_step(layout).lower(state, batch).compile()
     measuring = make_train_step(layout, layer_stats=True).lower(state, batch).compile()
-    best = {"plain": float("inf"), "measuring": float("inf")}
-    for _ in range(rounds):
-        state, seconds = _timed(plain, state, batch, _STEPS.value)
-        best["plain"] = min(best["plain"], seconds)
-        state, seconds = _timed(measuring, state, batch, _STEPS.value)
-        best["measuring"] = min(best["measuring"], seconds)
-    overhead = best["measuring"] / best["plain"] - 1
-    print(
-        f"layer_stats: step_s plain={best['plain']:.4f} measuring={best['measuring']:.4f} (best of {rounds} alternating"
-        f" rounds of {_STEPS.value} steps) layer_stats_overhead={100 * overhead:+.1f}%"
-    )
-    return state
+    return _alternate("layer_stats", state, rounds, plain=(plain, batch), measuring=(measuring, batch))
 
 
 def main(argv):

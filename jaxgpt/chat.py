@@ -128,14 +128,9 @@ def find_recipe(workdir: str, given: str | None, loss_mask_tokens: tuple[str, ..
 
 def run_chat(args, model, tokenizer, recipe: ChatRecipe, prompts: list[str]) -> None:
     """--chat: one reply per prompt, or an interactive conversation on a terminal when no prompt is given."""
-    sampling = dict(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
+    from jaxgpt.generate import sampling_flags
+
+    sampling = sampling_flags(args)
     if prompts:
         conversations = [[{"role": recipe.user, "content": p}] for p in prompts]
         for reply in chat(model, tokenizer, recipe, conversations, **sampling):

@@ -345,6 +345,12 @@ def _run_chat(args: argparse.Namespace, mesh) -> None:
     chat.run_chat(args, model, tokenizer, recipe, prompts)
 
 
+def sampling_flags(args: argparse.Namespace) -> dict:
+    """generate_ids' sampling keywords from the command's flags (plain and --chat alike)."""
+    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "batch_size")
+    return {key: getattr(args, key) for key in keys}
+
+
 def read_prompts(args: argparse.Namespace, required: bool = True) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -376,13 +382,8 @@ def run_command(args: argparse.Namespace) -> None:
         model,
         tokenizer,
         prompts,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
         num_samples=args.num_samples,
-        batch_size=args.batch_size,
+        **sampling_flags(args),
     )
     for c in completions:
         print(f"--- prompt {c.prompt!r}, sample {c.sample}\n{c.prompt}{c.completion}", flush=True)
