@@ -184,10 +184,10 @@ def test_off_the_train_step_is_the_plain_one(monkeypatch):
     assert [step_for(d) is step_for(3) for d in range(1, 7)] == [False, False, True, False, False, True]
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_the_measuring_step_trains_exactly_as_the_plain_step(accum):
+@pytest.mark.parametrize("accum, mask_ids", [(1, None), (2, None), (2, (5, 7))], ids=["plain", "accum", "masked"])
+def test_the_measuring_step_trains_exactly_as_the_plain_step(accum, mask_ids):
     mesh = sharding.make_mesh(1, -1, 1)
-    layout = StateLayout.build(dataclasses.replace(STEP, grad_accum=accum), mesh)
+    layout = StateLayout.build(dataclasses.replace(STEP, grad_accum=accum, loss_mask_ids=mask_ids), mesh)
     batch = _batch(mesh)
     plain_state, plain = step.make_train_step(layout)(layout.init(0), batch)
     state, measured = step.make_train_step(layout, layer_stats=True)(layout.init(0), batch)
