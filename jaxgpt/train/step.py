@@ -131,7 +131,8 @@ def make_train_step(
             if masked:
                 metrics["tokens_counted"] = count
             if layer_stats:  # equal-size micro batches: the mean of their mean squares is the batch's
-                metrics |= stats.layer_stats(state.params, grads, params, ms_sum / accum)
+                applied = jax.tree.map(lambda u: jnp.where(count > 0, u, 0.0), updates) if masked else updates
+                metrics |= stats.layer_stats(params, grads, applied, ms_sum / accum)
         return new_state, metrics
 
     state_sh = layout.shardings
