@@ -3,6 +3,7 @@
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --config=configs/gpt60m.py
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --loss_mask --nomodalities   # mask overhead
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --layer_stats --nomodalities  # layer statistics
+    flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/train_step.py --doc_mask --nomodalities  # document masking
 
 Times `--steps` train steps after compilation and warmup on all local devices (mesh from the config), reports compile
 time, peak memory, tokens/s and MFU = tokens/s * flops_per_token / (peak FLOP/s * devices). The peak is
@@ -56,6 +57,12 @@ _LAYER_STATS = flags.DEFINE_bool(
     "layer_stats",
     False,
     "also time the step that measures the layers (train.layer_stats_every), alternating rounds, and print the overhead",
+)
+_DOC_MASK = flags.DEFINE_bool(
+    "doc_mask",
+    False,
+    "also time the step with document masking (model.doc_mask and doc_positions), alternating rounds, and print the"
+    " overhead",
 )
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", "", "also trace 3 steps with jax.profiler into this folder (Perfetto)"
@@ -151,6 +158,23 @@ def time_layer_stats(layout: StateLayout, state, batch, rounds: int = 4):
     return _alternate("layer_stats", state, rounds, plain=(plain, batch), measuring=(measuring, batch))
 
 
+def time_doc_mask(layout: StateLayout, state, tokens, put, rounds: int = 4):
+    """The step with and without document masking, in alternating rounds on the same state; the best round of each.
+    Both read one batch of documents of 50 to 400 tokens ending at <|endoftext|>; the masked step splits at them."""
+    eod = 50256
+    docs = tokens.copy()
+    rng = np.random.default_rng(1)
+    for row in docs:
+        ends = np.cumsum(rng.integers(50, 400, size=len(row) // 50))
+        row[ends[ends < len(row)]] = eod
+    batch = {"inputs": put(docs[:, :-1]), "targets": put(docs[:, 1:])}
+    model = dataclasses.replace(layout.cfg.model, doc_mask=True, doc_positions=True, eod_token_id=eod)
+    masked_layout = StateLayout.build(dataclasses.replace(layout.cfg, model=model), layout.mesh)
+    plain = make_train_step(layout).lower(state, batch).compile()
+    masked = make_train_step(masked_layout).lower(state, batch).compile()
+    return _alternate("doc_mask", state, rounds, plain=(plain, batch), masked=(masked, batch))
+
+
 def main(argv):
     del argv
     cfg = _CONFIG.value
@@ -162,9 +186,11 @@ def main(argv):
     n_dev = mesh.devices.size
     print(f"backend={backend} devices={n_dev} ({jax.devices()[0].device_kind}) mesh={dict(mesh.shape)}")
     print(f"params={count_params(step_cfg.model):,} batch={G}x{T} grad_accum={step_cfg.grad_accum}")
+    m = step_cfg.model
+    attention = attention_implementation(step_cfg.attention, step_cfg.dtype, m.head_dim, doc_mask=m.doc_mask)
     print(
         f"compute_dtype={step_cfg.compute_dtype} remat={step_cfg.remat} loss_chunks={step_cfg.loss_chunks}"
-        f" attention={attention_implementation(step_cfg.attention, step_cfg.dtype, step_cfg.model.head_dim)}"
+        f" attention={attention} doc_mask={m.doc_mask} doc_positions={m.doc_positions}"
     )
 
     start = time.perf_counter()
@@ -209,6 +235,8 @@ def main(argv):
         state = time_loss_mask(layout, state, tokens, put)
     if _LAYER_STATS.value:
         state = time_layer_stats(layout, state, batch)
+    if _DOC_MASK.value:
+        state = time_doc_mask(layout, state, tokens, put)
 
     if _MODALITIES.value and backend in ("cpu", "gpu"):
         device = "cuda" if backend == "gpu" else "cpu"

@@ -23,10 +23,10 @@ import sys
 
 from jaxgpt import rundir
 from jaxgpt.data.chat_template import ChatTemplate
+from jaxgpt.data.tokenize import EOD_TOKEN
 from jaxgpt.errors import ConfigError
 
 _PLACEHOLDER = "\x00jaxgpt-reply\x00"  # no tokenizer text holds NUL bytes: where the reply begins in the rendering
-EOD_TOKEN = "<|endoftext|>"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,14 +28,13 @@ import numpy as np
 from flax import nnx
 
 from jaxgpt import checkpoint, rundir, sharding
-from jaxgpt.data.tokenize import Tokenizer, load_tokenizer
+from jaxgpt.data.tokenize import EOD_TOKEN, Tokenizer, load_tokenizer
 from jaxgpt.errors import ConfigError, check_int
 from jaxgpt.io import atomic_output
 from jaxgpt.model import GPT
 from jaxgpt.model.layers import Linear
 
 PROMPT_BUCKET = 64  # prompt slots are a multiple of this: one compile serves every prompt length up to it
-EOD_TOKEN = "<|endoftext|>"
 TRANSPOSED_FROM_ROWS = 4  # decode_layout: rows per device from which CPU decoding uses [out, in] kernels
 CACHE_STEP = 64  # each decode loop's cache has this many more slots than the one before (see cache_capacities)
 

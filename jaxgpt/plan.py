@@ -165,7 +165,12 @@ def make(cfg: ml_collections.ConfigDict, cpus: list, target: Device, mfu: float,
     mask_ids = (0, 1) if config.data.loss_mask_tokens else None  # any two ids: the mask changes no shape
     step_cfg = StepConfig.from_config(cfg, num_steps or 1000, mask_ids).resolved(target.platform)
     kernel = attention_implementation(
-        step_cfg.attention, step_cfg.dtype, step_cfg.model.head_dim, target.platform, target.compute_capability
+        step_cfg.attention,
+        step_cfg.dtype,
+        step_cfg.model.head_dim,
+        target.platform,
+        target.compute_capability,
+        doc_mask=step_cfg.model.doc_mask,
     )
     # the CPU compiler has XLA's attention only; the model, dtype and shardings are the target's
     layout = StateLayout.build(dataclasses.replace(step_cfg, attention="xla"), mesh)

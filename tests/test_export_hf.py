@@ -312,3 +312,20 @@ def test_gpt2_tokenizer_export_sets_50256_and_suppresses_the_padded_rows(tmp_pat
 
     text = "Hello world, jaxgpt exports.<|endoftext|>"
     assert tok(text)["input_ids"] == Tokenizer.from_file(str(TOKENIZER)).encode(text).ids
+
+
+def test_a_document_masked_model_exports_with_a_note_and_plain_logits_without_eod(tmp_path):
+    """HF's classes have no document masking: the folder says so, and a prompt without <|endoftext|> still gives
+    jaxgpt's logits."""
+    cfg = dataclasses.replace(
+        BASE, mlp="gelu", pos_emb="learned", use_bias=True, doc_mask=True, doc_positions=True, eod_token_id=99
+    )
+    flat = random_params(cfg, seed=0)
+    with pytest.warns(UserWarning, match="have no document masking"):
+        hf.write_folder(str(tmp_path / "hf"), flat, cfg, tokenizer_file=_tokenizer_file(tmp_path))
+    assert "model.doc_mask=True" in (tmp_path / "hf" / "README.md").read_text()
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert "document masking" in model.config.jaxgpt_note
+    tokens = _tokens(cfg) % 99  # no <|endoftext|> (id 99)
+    want = np.asarray(_logits(model_with(cfg, flat), jnp.asarray(tokens)))
+    assert_close(_hf_logits(model, tokens), want, depth=cfg.mlp_hidden)

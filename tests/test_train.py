@@ -221,6 +221,7 @@ def test_bad_validation_ids_fail_before_step_1(tmp_path):
         ({"data.prefetch": -1}, None, "data.prefetch=-1 must be an int >= 0"),
         ({"wandb.mode": "bogus"}, None, "wandb.mode='bogus' must be"),
         ({}, 0, "--stop_after=0 must be an int >= 1"),
+        ({"model.doc_mask": True, "model.eod_token_id": 5}, None, "model.eod_token_id=5 but data.tokenizer_file="),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, overrides, stop_after, message):
@@ -520,3 +521,14 @@ def test_a_run_builds_its_state_layout_once_and_load_needs_no_train_step(tmp_pat
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, cwd=REPO, timeout=300)
+
+
+def test_a_document_masked_run_trains_and_differs_from_the_plain_one(straight_run, tmp_path):
+    """The bundled documents end at <|endoftext|>: masking them changes every loss from step 1 on (the first step's
+    params are the same), and the run trains."""
+    workdir = str(tmp_path)
+    train.run(tiny_config(**{"model.doc_mask": True, "model.doc_positions": True}), workdir)
+    masked, plain = train_losses(workdir), train_losses(straight_run)
+    assert sorted(masked) == sorted(plain)
+    assert all(math.isfinite(masked[s]) and masked[s] != plain[s] for s in masked)
+    assert json.load(open(rundir.path(workdir, rundir.CONFIG)))["config"]["model"]["doc_mask"] is True

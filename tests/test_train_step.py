@@ -396,3 +396,27 @@ def test_a_batch_with_no_counted_target_changes_nothing_but_the_step():
     assert int(new_state.step) == 1
     for new, old in zip(jax.tree.leaves((new_state.params, new_state.opt_state)), jax.tree.leaves(state_np)[1:]):
         np.testing.assert_array_equal(np.asarray(new), old)
+
+
+DOCS = dataclasses.replace(STEP, model=dataclasses.replace(MODEL, doc_mask=True, doc_positions=True, eod_token_id=7))
+
+
+def _docs_batch(mesh, G=8, T=16, seed=5):
+    """Random windows with documents ending at id 7 every few tokens."""
+    tokens = np.random.default_rng(seed).integers(8, 256, (G, T + 1)).astype(np.int32)
+    tokens[np.random.default_rng(seed + 1).random((G, T + 1)) < 0.2] = 7
+    put = lambda x: jax.device_put(x, batch_sharding(mesh))  # noqa: E731
+    return {"inputs": put(tokens[:, :-1]), "targets": put(tokens[:, 1:]), "mask": put(np.ones((G, T), np.float32))}
+
+
+def test_document_masked_step_is_the_same_on_any_mesh():
+    """The segment ids come from each device's own rows: 2x2x2 gives the single device's step, which differs from the
+    unmasked one (the batch has documents to mask)."""
+    single, sharded = _mesh(), _mesh(2, 2, 2)
+    _, state_np, _ = _setup(DOCS, single)
+    updates_1, metrics_1 = _one_step(DOCS, single, _docs_batch(single))
+    updates_8, metrics_8 = _one_step(DOCS, sharded, _docs_batch(sharded), state_np=state_np)
+    _assert_metrics_close(metrics_8, metrics_1)
+    _assert_updates_close(updates_8, updates_1, state_np.params)
+    _, plain = _one_step(STEP, single, _docs_batch(single), state_np=state_np)
+    assert plain["loss"] != metrics_1["loss"]

@@ -33,6 +33,10 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 # GPT-2's (data/tokenizer/tokenizer.json, also as `tokenizers` re-saves it): every Unicode code point, alone and in
 # context, and 250k random concatenations of its tokens' text encoded to the same ids, 0 differences; the test suite
 # repeats a part of that check on every run.
+EOD_TOKEN = (
+    "<|endoftext|>"  # GPT-2's end of document: packing appends it, generation stops at it, doc masks split at it
+)
+
 VETTED_VOCABULARIES = {
     "c86787df8cc8ddf8561ea90f12784471aba51509b6f6c2c5f7bb86c71e2d807c": "GPT-2",
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 
@@ -412,6 +413,10 @@ def write_folder(
     if real_vocab > m.vocab_size:
         raise ExportError(f"{tokenizer_file}: {real_vocab} tokens do not fit model.vocab_size={m.vocab_size}")
     config = hf_config(m, bos_id=eod, eos_id=eod, pad_id=eod, dtype=dtype)
+    note = document_masking_note(m, eod_token)
+    if note:
+        warnings.warn(note, stacklevel=2)
+        config["jaxgpt_note"] = note  # transformers keeps an unknown config key as an attribute
     np_dtype = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
     tensors = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in to_hf(params, m).items()}
     generation = {"bos_token_id": eod, "eos_token_id": eod, "pad_token_id": eod}
@@ -422,6 +427,23 @@ def write_folder(
         write_json(os.path.join(tmp, "config.json"), config)
         write_json(os.path.join(tmp, "generation_config.json"), generation)
         write_tokenizer(tmp, tokenizer_file, eod_token, eod, m.seq_len)
+        if note:
+            with open(os.path.join(tmp, "README.md"), "w") as f:
+                f.write(f"# A jaxgpt export\n\n{note}\n")
+
+
+def document_masking_note(m, eod_token: str) -> str:
+    """What an export of a model trained with document masking must tell its users ("" for other models)."""
+    if not (m.doc_mask or m.doc_positions):
+        return ""
+    what = " and ".join(
+        w for w, on in (("attention masked at", m.doc_mask), ("positions restarted after", m.doc_positions)) if on
+    )
+    return (
+        f"This model was trained with {what} each {eod_token} (model.doc_mask={m.doc_mask}, model.doc_positions="
+        f"{m.doc_positions}). The exported classes have no document masking: a prompt without {eod_token} gives"
+        f" jaxgpt's logits; one with it attends across it here, unlike in training and in jaxgpt's generate."
+    )
 
 
 def write_tokenizer(folder: str, tokenizer_file: str, eod_token: str, eod: int, seq_len: int) -> None:

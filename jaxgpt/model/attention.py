@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -30,7 +31,12 @@ CACHE_AXES = ("batch", "kv_heads", "cache_seq", None)  # logical axes of a layer
 
 
 def attention_implementation(
-    choice: str, dtype, head_dim: int, backend: str | None = None, compute_capability: str | None = None
+    choice: str,
+    dtype,
+    head_dim: int,
+    backend: str | None = None,
+    compute_capability: str | None = None,
+    doc_mask: bool = False,
 ) -> str:
     """jax.nn.dot_product_attention's implementation for train.attention.
 
@@ -38,6 +44,11 @@ def attention_implementation(
     bf16 compute (it has no float32 kernel), a head dim that is a multiple of 8 and at most 128 (256 on Hopper; 128 is
     safe everywhere); XLA's otherwise. "cudnn" outside those conditions is an error here, not deep inside the first
     trace. backend and compute_capability default to the first device's.
+
+    Document masking (model.doc_mask) needs segment ids, which jax.nn.dot_product_attention's cuDNN path does not take
+    (it only turns a dense mask into a dense bias, no flash kernel's segment layout). A fused kernel that dropped the
+    mask would train across documents without a sign (MaxText #4476), so "auto" takes XLA's attention, which builds
+    the mask from segment ids in the step, and warns once; "cudnn" is refused.
     """
     check_kernel(choice)
     backend = jax.default_backend() if backend is None else backend
@@ -54,11 +65,23 @@ def attention_implementation(
         problems.append(
             f"it needs a head dim (model.n_embd / model.n_head_q) that is a multiple of 8 and <= 128 (got {head_dim})"
         )
+    if doc_mask and not problems:  # cuDNN would run, but not with the document mask
+        if choice == "cudnn":
+            problems.append(DOC_MASK_CUDNN)
+        elif choice == "auto":
+            warnings.warn(f"train.attention='auto' takes XLA's attention, not cuDNN's: {DOC_MASK_CUDNN}", stacklevel=2)
+            return "xla"
     if choice == "auto":
         return "xla" if problems else "cudnn"
     if choice == "cudnn" and problems:
         raise ConfigError(f"train.attention='cudnn' cannot run here: {'; '.join(problems)}; use 'auto' or 'xla'")
     return choice
+
+
+DOC_MASK_CUDNN = (
+    "model.doc_mask=True needs segment ids, which jax.nn.dot_product_attention's cuDNN kernel does not take in"
+    f" jax {jax.__version__}"
+)
 
 
 def check_kernel(choice: str) -> None:
@@ -87,10 +110,11 @@ class Kernel:
     query_block: int | None = None  # rows per query block (XLA on CPU, see query_block); None: one call
 
     @classmethod
-    def choose(cls, choice: str, dtype, head_dim: int, platform: str | None = None) -> Kernel:
-        """The kernel for train.attention=`choice` on devices of `platform` (default: JAX's default backend)."""
+    def choose(cls, choice: str, dtype, head_dim: int, platform: str | None = None, doc_mask: bool = False) -> Kernel:
+        """The kernel for train.attention=`choice` on devices of `platform` (default: JAX's default backend), for a
+        model with or without document masking."""
         platform = jax.default_backend() if platform is None else platform
-        implementation = attention_implementation(choice, dtype, head_dim, backend=platform)
+        implementation = attention_implementation(choice, dtype, head_dim, backend=platform, doc_mask=doc_mask)
         return cls(implementation, query_block(implementation, platform))
 
 
@@ -100,30 +124,40 @@ def causal_attention(
     v_BxTxNxK: jax.Array,
     implementation: str,
     block: int | None = None,
+    segment_BxT: jax.Array | None = None,
 ) -> jax.Array:
     """Causal softmax attention through jax.nn.dot_product_attention; N < H kv heads is grouped-query attention.
 
     With `block` (the XLA path on CPU, see `query_block`), query block [start, end) of C rows attends to the E = end
-    first keys."""
+    first keys. With `segment_BxT` (document masking: each token's document number in its row), a query also attends
+    only to keys of its own document; the mask is built here, per query block, from the ids."""
     T = q_BxTxHxK.shape[1]
     if block is None or T <= block:
+        mask = None if segment_BxT is None else same_document(segment_BxT, segment_BxT)
         return jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, is_causal=True, implementation=implementation
+            q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, mask=mask, is_causal=True, implementation=implementation
         )
     outputs = []
     for start in range(0, T, block):
         end = min(start + block, T)
         # query row start + i sees keys 0 .. start + i
-        allowed_CxE = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        allowed_1x1xCxE = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None, None]
+        if segment_BxT is not None:
+            allowed_1x1xCxE = allowed_1x1xCxE & same_document(segment_BxT[:, start:end], segment_BxT[:, :end])
         y_BxCxHxK = jax.nn.dot_product_attention(
             q_BxTxHxK[:, start:end],
             k_BxTxNxK[:, :end],
             v_BxTxNxK[:, :end],
-            mask=allowed_CxE[None, None],
+            mask=allowed_1x1xCxE,
             implementation=implementation,
         )
         outputs.append(y_BxCxHxK)
     return jnp.concatenate(outputs, axis=1)
+
+
+def same_document(segment_BxC: jax.Array, segment_BxE: jax.Array) -> jax.Array:
+    """bool [B, 1, C, E]: query c and key e lie in one document (broadcast over the heads)."""
+    return (segment_BxC[:, :, None] == segment_BxE[:, None, :])[:, None]
 
 
 class Slots(NamedTuple):
@@ -175,16 +209,24 @@ class CausalSelfAttention(nnx.Module):
         self.n_head_q, self.n_head_kv, self.head_dim = H, N, K
         self.kernel = kernel
 
-    def __call__(self, x_BxTxD: jax.Array, rope: tuple[jax.Array, jax.Array] | None, kv=None, slots: Slots = None):
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        kv=None,
+        slots: Slots = None,
+        segment_BxT: jax.Array | None = None,
+    ):
         """(output [B, T, D], kv). Without a cache (kv None: training, evaluation) causal attention over the T tokens
-        through the model's kernel. With one (generation), the T new tokens' keys and values go into slots.at ..
-        of kv, the layer's (k, v) [B, N, S, K], and the queries attend over the cache; the updated kv comes back."""
+        through the model's kernel, within documents when segment_BxT is given. With one (generation), the T new
+        tokens' keys and values go into slots.at .. of kv, the layer's (k, v) [B, N, S, K], and the queries attend
+        over the slots that slots.allowed_BxTxS allows; the updated kv comes back."""
         B, T, _ = x_BxTxD.shape
         q_BxTxHxK, k_BxTxNxK, v_BxTxNxK = self.qkv(x_BxTxD, rope)
         # N < H is grouped-query attention: q head h reads kv head h // (H / N), as Modalities' repeat_kv does.
         if kv is None:
             k = self.kernel
-            y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, k.implementation, k.query_block)
+            y_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxNxK, v_BxTxNxK, k.implementation, k.query_block, segment_BxT)
             return self.c_proj(y_BxTxHxK.reshape(B, T, -1)), None  # [B, T, H, K] -> [B, T, H*K]
         kv = write_kv(kv, k_BxTxNxK, v_BxTxNxK, slots.at)
         return self.c_proj(cached_attention(q_BxTxHxK, *kv, slots.allowed_BxTxS)), kv

@@ -34,16 +34,21 @@ class ModelConfig(Section):
     tie_embeddings: bool = True  # lm_head reuses wte
     dropout: float = 0.0  # dropout rate on attention output, MLP output and embeddings (0 disables)
     init_std: float = 0.02  # "scaled" init: N(0, std), output projections N(0, std / sqrt(2 * n_layer))
+    # Document masking: a token attends only to tokens of its own document, documents ending at eod_token_id
+    doc_mask: bool = False
+    doc_positions: bool = False  # rotary / learned positions restart at 0 at each document start
+    eod_token_id: int = 50256  # the token each document ends with (GPT-2's <|endoftext|>); read when either is on
     seq_len: int = knob(512, key="data.seq_len")  # max positions: the training sequence length data.seq_len
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head_q", "n_head_kv", "n_embd", "ffn_hidden", "seq_len"):
             check_int(self._key(name), getattr(self, name))
+        check_int(self._key("eod_token_id"), self.eod_token_id, minimum=0)
         choices = {"mlp": tuple(MLPS), "pos_emb": POS_EMB, "norm": tuple(NORMS), "attn": tuple(ATTENTIONS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{self._key(name)}={getattr(self, name)!r} must be one of {allowed}")
-        for name in ("qk_norm", "use_bias", "tie_embeddings"):
+        for name in ("qk_norm", "use_bias", "tie_embeddings", "doc_mask", "doc_positions"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{self._key(name)}={getattr(self, name)!r} must be True or False")
         rules = {
@@ -58,6 +63,9 @@ class ModelConfig(Section):
             f"model.norm_eps={self.norm_eps!r} must be > 0": self.norm_eps > 0.0,
             f"model.dropout={self.dropout!r} must be in [0, 1)": 0.0 <= self.dropout < 1.0,
             f"model.init_std={self.init_std!r} must be > 0": self.init_std > 0.0,
+            f"model.eod_token_id={self.eod_token_id} must be below model.vocab_size={self.vocab_size}": (
+                not self.documents or self.eod_token_id < self.vocab_size
+            ),
         }
         for message, holds in rules.items():
             if not holds:
@@ -66,6 +74,11 @@ class ModelConfig(Section):
     @classmethod
     def _key(cls, name: str) -> str:
         return cls.knob_key(cls.__dataclass_fields__[name])
+
+    @property
+    def documents(self) -> bool:
+        """Whether the forward pass finds document boundaries (for the mask, the positions or both)."""
+        return self.doc_mask or self.doc_positions
 
     @property
     def head_dim(self) -> int:

@@ -18,7 +18,7 @@ from jaxgpt import model, sharding
 from jaxgpt.config import RunConfig, TrainConfig
 from jaxgpt.data.loader import pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
-from jaxgpt.data.tokenize import load_tokenizer
+from jaxgpt.data.tokenize import EOD_TOKEN, load_tokenizer
 from jaxgpt.errors import ConfigError, PackedDataError, check_int
 from jaxgpt.train.state import StepConfig
 
@@ -84,6 +84,8 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     check_profiles(config.train, plan.num_steps)
     records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
     mask_ids = loss_mask_ids(d.tokenizer_file, d.loss_mask_tokens)
+    if config.model.documents:
+        check_eod_token(d.tokenizer_file, config.model.eod_token_id)
     if d.chat_template_file:  # a bad template fails now, not when the finished run is asked to chat
         check_chat_template(d.chat_template_file)
     if val_src is not None:
@@ -211,6 +213,17 @@ def loss_mask_ids(tokenizer_file: str, tokens: tuple[str, ...]) -> tuple[int, in
                 " (`jaxgpt data add_special_tokens` adds one)"
             )
     return ids
+
+
+def check_eod_token(tokenizer_file: str, eod_token_id: int) -> None:
+    """Document masking splits at model.eod_token_id: it must be data.tokenizer_file's <|endoftext|>, or any id of a
+    tokenizer that has none (a word-level one), so that a GPT-2 run cannot split at another tokenizer's id."""
+    eod = load_tokenizer(tokenizer_file, backend="hf").token_id(EOD_TOKEN)
+    if eod is not None and eod != eod_token_id:
+        raise ConfigError(
+            f"model.eod_token_id={eod_token_id} but data.tokenizer_file={tokenizer_file!r} has {EOD_TOKEN} = {eod}:"
+            f" set --config.model.eod_token_id={eod}"
+        )
 
 
 def check_chat_template(path: str) -> None:

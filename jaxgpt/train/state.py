@@ -135,7 +135,7 @@ class StateLayout:
 
 def _model(cfg: StepConfig, rngs: nnx.Rngs, platform: str) -> GPT:
     """The model for devices of `platform`: the attention kernel is chosen for them, not for JAX's default backend."""
-    kernel = Kernel.choose(cfg.attention, cfg.dtype, cfg.model.head_dim, platform)
+    kernel = Kernel.choose(cfg.attention, cfg.dtype, cfg.model.head_dim, platform, doc_mask=cfg.model.doc_mask)
     return GPT(cfg.model, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat, attention=kernel)
 
 
