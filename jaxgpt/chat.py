@@ -91,7 +91,8 @@ class ChatRecipe:
 def chat(model, tokenizer, recipe: ChatRecipe, conversations: list[list[dict]], **sampling) -> list[str]:
     """The next assistant reply of each conversation (a list of {"role", "content"} messages, roles as in the data).
     `sampling`: generate_ids' keywords (max_new_tokens, temperature, top_k, top_p, seed, batch_size); greedy by
-    default."""
+    default. Without max_new_tokens a reply gets what the longest prompt leaves of the model's context, at most 64
+    tokens (a fine-tuned model's context is often short)."""
     from jaxgpt.generate import generate_ids
 
     stop_ids = []
@@ -99,9 +100,11 @@ def chat(model, tokenizer, recipe: ChatRecipe, conversations: list[list[dict]], 
         token_id = tokenizer.token_id(token)
         if token_id is not None:
             stop_ids.append(token_id)
-    sampling = {"max_new_tokens": 64, "temperature": 0.0, **sampling}
-    room = model.cfg.seq_len - sampling["max_new_tokens"] if hasattr(model, "cfg") else None
-    prompts = [_encode(tokenizer, recipe, c, room) for c in conversations]
+    sampling = {"temperature": 0.0, **sampling}
+    seq_len, given = model.cfg.seq_len, sampling.get("max_new_tokens")
+    prompts = [_encode(tokenizer, recipe, c, seq_len - (given or 1)) for c in conversations]
+    if given is None:  # what the longest prompt leaves of the context, at most 64
+        sampling["max_new_tokens"] = max(1, min(64, seq_len - max(map(len, prompts))))
     new_ids = generate_ids(model, prompts, eos_id=tuple(stop_ids), vocab_size=tokenizer.max_id + 1, **sampling)
     return [tokenizer.decode([t for t in ids if t not in stop_ids]).strip() for ids in new_ids]
 

@@ -214,7 +214,12 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
     _checkpoint_flags(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts_file", default=None, help="a text file of prompts, one per line")
-    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help="default 128; with --chat what the prompt leaves of data.seq_len, at most 64",
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     p.add_argument("--top_k", type=int, default=0, help="0 is off")
     p.add_argument("--top_p", type=float, default=1.0, help="1.0 is off")

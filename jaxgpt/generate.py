@@ -345,9 +345,10 @@ def _run_chat(args: argparse.Namespace, mesh) -> None:
 
 
 def sampling_flags(args: argparse.Namespace) -> dict:
-    """generate_ids' sampling keywords from the command's flags (plain and --chat alike)."""
+    """generate_ids' sampling keywords from the command's flags (plain and --chat alike); a flag left at None takes
+    the function's default."""
     keys = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "batch_size")
-    return {key: getattr(args, key) for key in keys}
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
 def read_prompts(args: argparse.Namespace, required: bool = True) -> list[str]:

@@ -55,7 +55,8 @@ def test_the_loss_counts_only_assistant_targets(sft_run):
 
 def test_the_run_records_its_chat_recipe_and_chats(sft_run):
     assert (sft_run / "chat_template.yaml").read_bytes() == RECIPE.read_bytes()
-    cmd = [sys.executable, "-m", "jaxgpt.generate", f"--workdir={sft_run}", "--chat", "--max_new_tokens=4"]
+    # no --max_new_tokens: --chat's default fits the 64-token context (plain generate's 128 would not)
+    cmd = [sys.executable, "-m", "jaxgpt.generate", f"--workdir={sft_run}", "--chat"]
     proc = subprocess.run([*cmd, "--prompt=Hi!", "--prompt=Wie geht's?"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     replies = proc.stdout.splitlines()

@@ -14,9 +14,10 @@ writes, into DIR:
   or two where the first is answered and the second is asked), each with its "chance" (below), for evaluate.py;
 - pretrain.jsonl: K plain-text documents, {"text": ...}, of sentences that state answers, without roles or markers
   ("The last word of (cat,moon,red,oak) is oak."): the data of the warm start;
-- tokenizer/: a word-level tokenizer.json (and tokenizer_config.json) of the ~90 words and signs of all of the
-  above and of the chat template, with <|endoftext|>, ^ and $ as special tokens. With GPT-2's 50,257 tokens the
-  output layer of a 64-wide model would be 98% of its FLOPs: a step would take 13x as long for the same learning.
+- tokenizer/: a word-level tokenizer.json (and tokenizer_config.json) of the 90 words and signs of all of the above
+  and of the chat template, with <|endoftext|>, ^ and $ as special tokens. With GPT-2's 50,257 tokens the vocab
+  projection would be most of the work (6.4M of the tutorial model's 6.7M multiply-adds a token); at configs/tiny.py's
+  width 64 a step took about 12x as long with it (0.7 s against 0.06 s for 16 x 64 tokens on a 2-core CPU).
 
 Chance: a reply that picks one word of the list at random is right with probability 1/len(list).
 """
@@ -26,7 +27,7 @@ import json
 import os
 import random
 
-WORDS = (
+WORDS = (  # the lists' words, one token each
     "red blue green gold gray black white cat dog cow fox owl bee ant bat rat hen sun moon star sky rain wind fire ice"
     " tree leaf rose oak pine apple lime fig nut egg cake bread rice corn box cup pen ink map key ring bell book door"
     " bed car bus ship boat train road hill lake sea river rock sand stone gem king man boy girl baby"
@@ -39,7 +40,8 @@ TWO_EXCHANGES = 0.2  # the fraction of conversations with a second question
 
 SPECIAL_TOKENS = ("<|endoftext|>", "^", "$")  # end of text and the loss markers of apply_chat_template.yaml
 # Everything else a text holds: the chat template's (system_instruction, role names), the questions' and the
-# pretraining sentences' words, and the signs. Whitespace only separates tokens; [UNK] for anything else.
+# pretraining sentences' words, and the signs. Whitespace (the template's newlines too) only separates tokens; [UNK]
+# stands for anything else (tests/test_tutorial_instruction_tuning.py checks that none occurs).
 OTHER_TOKENS = (
     "[UNK]",
     *"( ) , : .".split(),
