@@ -88,6 +88,10 @@ class TrainConfig(Section):
     layer_stats_every: int = knob(0, resumable=True)
     seed: int = knob(0, resumable=True)  # model init and dropout seed (a resume takes both from the checkpoint)
     init_from: str = ""  # warm start at step 0: a jaxgpt workdir (PATH or PATH@STEP) or an HF folder; "" = off
+    # "PATH@STEP": a new run that continues step STEP of another run's checkpoints whole (params, optimizer state,
+    # step, data order) to its own train.num_steps: "decay at several budgets" from a wsd run's stable phase. Every
+    # other setting a resume compares must match the source's; read only when the workdir holds no checkpoint; "" = off
+    branch_from: str = ""
     compute_dtype: str = "auto"  # matmuls: "auto" (bf16 on GPU/TPU, float32 on CPU) | "bfloat16" | "float32"
     # "none" | "full" | "dots" (save matmul outputs): jax.checkpoint policy per block; the same function, less memory
     remat: str = knob("none", resumable=True)
@@ -117,6 +121,10 @@ class TrainConfig(Section):
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"train.peak_flops={self.peak_flops!r} must be > 0 (or None: the device table)")
         check_int("train.profile_memory_step", self.profile_memory_step, minimum=0, hint=" (0: off)")
+        if self.branch_from and not re.fullmatch(r".+@\d+", str(self.branch_from), re.ASCII | re.DOTALL):
+            raise ConfigError(
+                f"train.branch_from={self.branch_from!r} must be PATH@STEP: a step of another run's checkpoints"
+            )
         self.profile_range  # noqa: B018 - parsed here, so that a bad value fails with the config
 
     @property

@@ -50,6 +50,7 @@ class RunMetrics:
     eval: dict[int, dict]  # step -> eval event; empty for a run without validation data
     tokens_per_step: int | None  # from the run's config.json; None when the workdir has none
     layers: dict[int, dict] = dataclasses.field(default_factory=dict)  # step -> per-layer statistics event
+    decay_start: int | None = None  # a wsd run's first decay step (config.json's derived.lr_schedule); else None
 
     def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of `key` over the events of `kind` that hold it."""
@@ -127,6 +128,19 @@ def read_tokens_per_step(path: str) -> int | None:
     return value
 
 
+def read_decay_start(path: str) -> int | None:
+    """The first decay step of a wsd run's config.json (derived.lr_schedule); None for another schedule, a run of an
+    older jaxgpt that did not record it, or no file."""
+    try:
+        with open(path) as f:
+            schedule = json.load(f).get("derived", {}).get("lr_schedule")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None  # read_tokens_per_step names what is wrong with the file
+    if not isinstance(schedule, dict) or schedule.get("kind") != "wsd" or type(schedule.get("stable_end")) is not int:
+        return None
+    return schedule["stable_end"] + 1
+
+
 def locate(path: str) -> tuple[str, str]:
     """(workdir, metrics file) of a run named by its workdir or by its metrics .jsonl file."""
     if path.endswith(".jsonl"):
@@ -149,8 +163,9 @@ def read_run(path: str, label: str) -> RunMetrics:
     events = read_events(metrics_path)
     if not events["train"]:
         raise MetricsError(f"{metrics_path}: holds no train events yet, so there is nothing to plot")
-    tokens = read_tokens_per_step(os.path.join(workdir, rundir.CONFIG))
-    return RunMetrics(label, events["train"], events["eval"], tokens, events[LAYERS])
+    record = os.path.join(workdir, rundir.CONFIG)
+    tokens, decay_start = read_tokens_per_step(record), read_decay_start(record)
+    return RunMetrics(label, events["train"], events["eval"], tokens, events[LAYERS], decay_start)
 
 
 def read_runs(paths: list[str], labels: list[str] | None = None) -> list[RunMetrics]:
@@ -185,6 +200,10 @@ def figure(runs: list[RunMetrics]) -> RunsFigure:
         ax_lr.plot(*run.series("train", "lr"), color=color, label=run.label)
         ax_grad.plot(*run.series("train", "grad_norm"), color=color, label=run.label)
         ax_speed.plot(*run.series("train", "tokens_per_s"), color=color, label=run.label)
+        if run.decay_start is not None:  # a wsd run: where its lr leaves the stable phase, and what the loss did then
+            where = f"{name} decay starts (step {run.decay_start})".strip()
+            ax_lr.axvline(run.decay_start, color=color, linestyle=":", label=where)
+            ax_loss.axvline(run.decay_start, color=color, linestyle=":", label="_nolegend_")
     ax_loss.set(title="loss", ylabel="cross-entropy (nats/token)")
     ax_lr.set(title="learning rate")
     ax_grad.set(title="gradient norm (before clipping)")
@@ -195,7 +214,7 @@ def figure(runs: list[RunMetrics]) -> RunsFigure:
         ax.set_xlabel("step")
     ax_grad.xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all four panels
     ax_loss.legend()
-    if len(runs) > 1:
+    if len(runs) > 1 or any(run.decay_start is not None for run in runs):
         ax_lr.legend()
     else:
         fig.suptitle(runs[0].label)

@@ -99,7 +99,12 @@ def test_resume_refuses_other_settings(tmp_path):
     names = [f"{os.path.basename(p)} ({os.path.getsize(p)} bytes)" for p in (TRAIN_PBIN, VAL_PBIN)]
     refused = [  # (overrides, every difference the error must list, and only those)
         ({"data.seed": 1}, "data.seed: checkpoint 0 vs now 1"),
-        ({"train.num_steps": 12}, "num_steps: checkpoint 6 vs now 12; train.num_steps: checkpoint 6 vs now 12"),
+        # the lr of every step follows the run's length (a wsd run's stable phase alone extends: test_schedules.py)
+        (
+            {"train.num_steps": 12},
+            "train.num_steps: checkpoint 6 vs now 12 (optim.schedule='cosine' spans the whole run, so train.num_steps"
+            " sets the lr of every step; only 'wsd' extends, from its stable phase)",
+        ),
         ({"model.n_layer": 3}, "model.n_layer: checkpoint 2 vs now 3"),
         ({"optim.lr": 2e-3}, "optim.lr: checkpoint 0.001 vs now 0.002"),
         ({"optim.clip_norm": 0.0}, "optim.clip_norm: checkpoint 1.0 vs now 0.0"),  # another optimizer-state tree

@@ -28,6 +28,11 @@ def write_run_record(run: Setup) -> dict:
         "device_kind": jax.devices()[0].device_kind,
         "compute_dtype": run.step_cfg.compute_dtype,  # what train.compute_dtype="auto" picked
         "eval_batches": run.eval_batches,
+        # the schedule's phases in steps (plots.py marks where a wsd decay starts)
+        "lr_schedule": {
+            "kind": run.config.optim.schedule,
+            **dataclasses.asdict(optim.phases(run.step_cfg.optim, run.plan.num_steps)),
+        },
     }
     resolved = {"config": run.cfg.to_dict(), "derived": derived}
     if is_lead():
@@ -66,12 +71,10 @@ def record_chat_template(run: Setup) -> None:
 
 
 def banner(run: Setup, start_step: int, eval_cost: str) -> str:
-    """What the run prints before its first step: size, mesh, batch, plan, warmup, dtype, evaluation cost, and the
-    profiles it takes."""
+    """What the run prints before its first step: size, mesh, batch, plan, lr schedule, dtype, evaluation cost, and
+    the profiles it takes."""
     plan, config, mesh = run.plan, run.config, run.mesh
     profiles = profile.describe(run.workdir, config.train)
-    warmup = optim.warmup_steps(run.step_cfg.optim, plan.num_steps)
-    capped = f" (optim.warmup_steps={config.optim.warmup_steps}, capped at 10% of the {plan.num_steps}-step run)"
     return (
         f"jaxgpt: {run.num_params:,} parameters | mesh {dict(mesh.shape)} over {jax.device_count()} "
         f"{jax.devices()[0].device_kind} device(s), {jax.process_count()} process(es)\n"
@@ -79,9 +82,8 @@ def banner(run: Setup, start_step: int, eval_cost: str) -> str:
         f"{plan.num_steps} steps planned ({plan.steps_per_epoch} per epoch)"
         + (f", resuming at step {start_step}" if start_step else "")
         + (f", stopping after step {run.end_step}" if run.end_step < plan.num_steps else "")
-        + f"\n        warmup: {warmup} steps"
-        + (capped if warmup < config.optim.warmup_steps else "")
-        + f" | compute: {run.step_cfg.compute_dtype} on {mesh.devices.flat[0].platform}"
+        + f"\n        {optim.describe(run.step_cfg.optim, plan.num_steps)}"
+        + f"\n        compute: {run.step_cfg.compute_dtype} on {mesh.devices.flat[0].platform}"
         + f"\n        {eval_cost}"
         + (f"\n        {distributed.describe()}" if jax.process_count() > 1 else "")
         + (f"\n        {profiles}" if profiles else "")

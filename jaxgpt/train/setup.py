@@ -20,6 +20,7 @@ from jaxgpt.data.loader import pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
 from jaxgpt.data.tokenize import EOD_TOKEN, load_tokenizer
 from jaxgpt.errors import ConfigError, PackedDataError, check_int
+from jaxgpt.train import optim
 from jaxgpt.train.state import StepConfig
 
 
@@ -82,6 +83,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     val_src = windows(split_paths(d.val_path, "data.val_path")) if d.val_path else None
     plan = make_plan(config, mesh, train_src)
     check_profiles(config.train, plan.num_steps)
+    optim.check_schedule(config.optim, plan.num_steps)
     records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
     mask_ids = loss_mask_ids(d.tokenizer_file, d.loss_mask_tokens)
     if config.model.documents:
