@@ -83,14 +83,16 @@ class PackedWindowSource:
         self.num_tokens = sum(d // self.width for d in data_lens)  # all tokens on disk, tails included
         # first_window[f] = global index of file f's window 0; first_window[-1] = len(self)
         self._first_window = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
-        self._first_window_list = self._first_window.tolist()  # the same as Python ints, for bisect in __getitem__
-        self._window_bytes = (self.seq_len + 1) * self.width
+        # For __getitem__, which Grain calls once per window: the same as Python ints, and the constants of one read.
+        self._first_window_list = self._first_window.tolist()
+        self._window_bytes, self._stride_bytes = (self.seq_len + 1) * self.width, self.stride * self.width
+        self._disk_dtype = WIDTH_DTYPES[self.width]
         self._id_limit = _id_limit(self.width, self.vocab_size)
         self._fds: list[int] | None = None  # per file, a read-only descriptor of this process (_open)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return int(self._first_window[-1])
+        return self._first_window_list[-1]
 
     def __repr__(self) -> str:
         disjoint = "" if self.reuse_last_target else ", reuse_last_target=False"
@@ -127,11 +129,11 @@ class PackedWindowSource:
         f = bisect.bisect_right(self._first_window_list, i) - 1
         if i < 0 or f >= len(self.paths):
             return self.read_windows(np.asarray([i]))[0]
-        offset = HEADER_BYTES + (i - self._first_window_list[f]) * self.stride * self.width
-        data = os.pread(self._open()[f], self._window_bytes, offset)
+        offset = HEADER_BYTES + (i - self._first_window_list[f]) * self._stride_bytes
+        data = os.pread((self._fds or self._open())[f], self._window_bytes, offset)
         if len(data) != self._window_bytes:
             return self.read_windows(np.asarray([i]))[0]
-        raw_W = np.frombuffer(data, WIDTH_DTYPES[self.width])  # [S + 1], read-only over the bytes object
+        raw_W = np.frombuffer(data, self._disk_dtype)  # [S + 1], read-only over the bytes object
         if self._id_limit is not None and raw_W.max() >= self._id_limit:
             return self.read_windows(np.asarray([i]))[0]
         return raw_W.astype(np.int32)
