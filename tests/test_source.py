@@ -9,6 +9,7 @@ import subprocess
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
+import grain
 import numpy as np
 import pytest
 from conftest import MODALITIES_PYTHON, TEST_DATA, needs_modalities
@@ -156,6 +157,76 @@ def test_no_paths():
         PackedWindowSource([], seq_len=4)
 
 
+def write_three(tmp_path, width: int, high: int) -> list[pathlib.Path]:
+    """Three files of 53, 200 and 31 random ids below `high`: windows of unequal counts, tails of unequal lengths."""
+    rng = np.random.default_rng(width)
+    return [write_pbin(tmp_path / f"{k}.pbin", rng.integers(0, high, n), width) for k, n in enumerate([53, 200, 31])]
+
+
+@pytest.mark.parametrize("reuse_last_target", [True, False])
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_getitem_and_batched_reads_equal_read_windows(tmp_path, width, reuse_last_target):
+    paths = write_three(tmp_path, width, {1: 256, 2: 50304, 4: 50304}[width])
+    src = PackedWindowSource(paths, seq_len=6, vocab_size=50304, reuse_last_target=reuse_last_target)
+    np.testing.assert_array_equal(src.read_windows(np.arange(len(src))), np.stack(_windows(src, paths)))
+    picks = np.random.default_rng(0).integers(0, len(src), 400)  # every file, repeats, both boundaries likely
+    expected_NxW = src.read_windows(picks)
+    scalar = [src[i] for i in picks]  # numpy ints, as Grain's index arithmetic may pass
+    assert all(w.dtype == np.int32 and w.shape == (7,) and w.flags.writeable for w in scalar)
+    np.testing.assert_array_equal(np.stack(scalar), expected_NxW)
+    np.testing.assert_array_equal(np.stack([src[int(i)] for i in picks]), expected_NxW)
+    np.testing.assert_array_equal(np.stack(src._getitems(picks.tolist())), expected_NxW)
+    np.testing.assert_array_equal(np.stack(src.__getitems__(list(picks))), expected_NxW)
+    clone = pickle.loads(pickle.dumps(src))
+    np.testing.assert_array_equal(np.stack([clone[i] for i in picks]), expected_NxW)
+
+
+def _windows(src: PackedWindowSource, paths) -> list[np.ndarray]:
+    """Every window, file by file, sliced from the tokens read by read_pbin."""
+    out = []
+    for path, count in zip(paths, src.windows_per_file):
+        tokens = read_pbin(path).tokens().astype(np.int32)
+        out += [tokens[i * src.stride : i * src.stride + src.seq_len + 1] for i in range(count)]
+    return out
+
+
+def test_grain_map_dataset_batches_equal_read_windows():
+    """A user's own pipeline, MapDataset.source(src).shuffle(...).batch(...): Grain's order, our windows."""
+    src = PackedWindowSource([REDPAJAMA_TRAIN, REDPAJAMA_TEST], seq_len=128, vocab_size=50304)
+    ds = grain.MapDataset.source(src).shuffle(seed=3).batch(16, drop_remainder=True)
+    order = grain.MapDataset.range(len(src)).shuffle(seed=3)  # Grain's shuffle depends on the length and seed only
+    batches = [0, 1, src.windows_per_file[0] // 16, len(ds) - 1]  # one straddles the file boundary
+    for b in batches:
+        picks = np.array([order[k] for k in range(16 * b, 16 * b + 16)])
+        np.testing.assert_array_equal(ds[b], src.read_windows(picks))
+    iterated = list(ds.to_iter_dataset())  # Grain's prefetch threads call __getitem__ concurrently
+    assert len(iterated) == len(ds)
+    for b in batches:
+        np.testing.assert_array_equal(iterated[b], ds[b])
+    # What batch calls when Grain's batched-read pushdown is on: the shuffle's _getitems reaches ours.
+    shuffled = grain.MapDataset.source(src).shuffle(seed=3)
+    np.testing.assert_array_equal(np.stack(shuffled._getitems(list(range(16, 32)))), ds[1])
+
+
+def test_errors_fire_on_every_read_path(tmp_path):
+    """__getitem__'s fast path raises what read_windows raises: vocab, int32, out of range, a bad index."""
+    src = PackedWindowSource(write_pbin(tmp_path / "v.pbin", [1, 2, 3, 60000, 4, 5, 6]), seq_len=2, vocab_size=50304)
+    reads = [src.__getitem__, lambda i: src._getitems([i])[0], grain.MapDataset.source(src).__getitem__]
+    for read in reads:
+        np.testing.assert_array_equal(read(0), [1, 2, 3])
+        with pytest.raises(PackedDataError, match=r"v\.pbin: window 1 holds token id 60000 >= model.vocab_size=50304"):
+            read(1)
+    wide = write_pbin(tmp_path / "w.pbin", [1, 2, 3, 2**31 + 5, 4], width=4)
+    with pytest.raises(PackedDataError, match=r"w\.pbin: token id >= 2\*\*31"):  # checked before the vocab
+        PackedWindowSource(wide, seq_len=2, vocab_size=50304)[1]
+    two = PackedWindowSource([tmp_path / "v.pbin", write_pbin(tmp_path / "u.pbin", [7, 8, 9, 10, 11])], seq_len=2)
+    np.testing.assert_array_equal(two[np.int64(3)], [7, 8, 9])  # the second file's window 0
+    with pytest.raises(IndexError, match="window 5 out of range.*has 5 windows"):
+        two[5]
+    with pytest.raises(IndexError, match="1-D int array"):
+        two[0.5]
+
+
 def test_out_of_range_and_bad_indices(tmp_path):
     src = PackedWindowSource(write_pbin(tmp_path / "a.pbin", range(20)), seq_len=9)
     with pytest.raises(IndexError, match="window 2 out of range.*has 2 windows"):
@@ -261,4 +332,6 @@ def test_reading_windows_leaves_the_resident_set_alone(tmp_path):
     before = rss_file_kib()
     for start in range(0, len(src), 512):
         src.read_windows(np.arange(start, min(start + 512, len(src))))  # every window once: the whole file
+    for i in range(len(src)):
+        src[i]  # and once more through the per-window path
     assert rss_file_kib() - before < 8 * 1024  # KiB; a memmap read this way adds the file's 32 MB

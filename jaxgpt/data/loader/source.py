@@ -12,10 +12,15 @@ window spans two files.
 
 Imports only numpy and the standard library: Grain reads the source through its protocol (`__len__`, `__getitem__`,
 `_getitems`), so this module needs no grain, and `from jaxgpt import PackedWindowSource` pays for no jax.
+Grain 0.2.18's `MapDataset.source(src).shuffle(...).batch(...)` calls `__getitem__` once per window: its `batch` calls
+the batched `_getitems` only behind an experiment flag that its release leaves off. So `__getitem__` is a scalar path
+of its own (one pread, one bound check, one conversion), and `_getitems` serves the datasets that do call it.
 """
 
 from __future__ import annotations
 
+import bisect
+import operator
 import os
 import threading
 import weakref
@@ -30,9 +35,9 @@ from jaxgpt.errors import ConfigError, PackedDataError, check_int
 class PackedWindowSource:
     """Random access to int32 windows of S + 1 tokens; picklable, thread-safe, files opened lazily per process.
 
-    Windows are read with positioned reads (os.preadv), not through a memmap: every page a memmap touches counts in the
-    process's resident set, which then grew with the data read (6.5 GB after 20,000 batches of a 10 GB .pbin);
-    a read's pages stay in the kernel's page cache, outside the process (bench/memory.py)."""
+    Windows are read with positioned reads (os.pread, os.preadv), not through a memmap: every page a memmap touches
+    counts in the process's resident set, which then grew with the data read (6.5 GB after 20,000 batches of a 10 GB
+    .pbin); a read's pages stay in the kernel's page cache, outside the process (bench/memory.py)."""
 
     def __init__(
         self,
@@ -78,11 +83,16 @@ class PackedWindowSource:
         self.num_tokens = sum(d // self.width for d in data_lens)  # all tokens on disk, tails included
         # first_window[f] = global index of file f's window 0; first_window[-1] = len(self)
         self._first_window = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
+        # For __getitem__, which Grain calls once per window: the same as Python ints, and the constants of one read.
+        self._first_window_list = self._first_window.tolist()
+        self._window_bytes, self._stride_bytes = (self.seq_len + 1) * self.width, self.stride * self.width
+        self._disk_dtype = WIDTH_DTYPES[self.width]
+        self._id_limit = _id_limit(self.width, self.vocab_size)
         self._fds: list[int] | None = None  # per file, a read-only descriptor of this process (_open)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return int(self._first_window[-1])
+        return self._first_window_list[-1]
 
     def __repr__(self) -> str:
         disjoint = "" if self.reuse_last_target else ", reuse_last_target=False"
@@ -110,12 +120,29 @@ class PackedWindowSource:
         return self._fds
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """Window i: int32 [seq_len + 1]."""
-        return self.read_windows(np.asarray([i]))[0]
+        """Window i: int32 [seq_len + 1]. Anything off the fast path (a bad index, an id at or past the limit, a
+        short read) is read again by read_windows, which raises its precise error: one place words every error."""
+        try:
+            i = operator.index(i)
+        except TypeError:
+            return self.read_windows(np.asarray([i]))[0]
+        f = bisect.bisect_right(self._first_window_list, i) - 1
+        if i < 0 or f >= len(self.paths):
+            return self.read_windows(np.asarray([i]))[0]
+        offset = HEADER_BYTES + (i - self._first_window_list[f]) * self._stride_bytes
+        data = os.pread((self._fds or self._open())[f], self._window_bytes, offset)
+        if len(data) != self._window_bytes:
+            return self.read_windows(np.asarray([i]))[0]
+        raw_W = np.frombuffer(data, self._disk_dtype)  # [S + 1], read-only over the bytes object
+        if self._id_limit is not None and raw_W.max() >= self._id_limit:
+            return self.read_windows(np.asarray([i]))[0]
+        return raw_W.astype(np.int32)
 
     def _getitems(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """Grain's batched-read protocol."""
+        """Grain's batched read (`SupportsBatchedReadRandomAccessDataSource`): rows of one read_windows array."""
         return list(self.read_windows(np.asarray(indices)))
+
+    __getitems__ = _getitems  # the same batched read under the name PyTorch's DataLoader looks for
 
     def read_windows(self, indices: np.ndarray) -> np.ndarray:
         """Windows at `indices` (any int array of shape [n]) stacked into int32 [n, seq_len + 1]."""
@@ -158,6 +185,15 @@ class PackedWindowSource:
                     f"{size} bytes (truncated while in use?)"
                 )
         return raw_NxW
+
+
+def _id_limit(width: int, vocab_size: int | None) -> int | None:
+    """The smallest raw id __getitem__ must refuse (vocab_size, or 2**31 for int32), None if no id of `width` is."""
+    limits = [vocab_size] if vocab_size is not None else []
+    if width == 4:
+        limits.append(2**31)  # a uint32 id at or past it wraps negative in int32
+    limit = min(limits, default=None)
+    return None if limit is None or limit > np.iinfo(WIDTH_DTYPES[width]).max else limit
 
 
 def _open_reader(path: str) -> int:
