@@ -8,6 +8,7 @@ import warnings
 
 from jaxgpt import checkpoint, config
 from jaxgpt.config import flatten
+from jaxgpt.data.loader import mixture
 from jaxgpt.errors import CheckpointError, ConfigError
 from jaxgpt.interop import warmstart
 from jaxgpt.train.setup import Setup
@@ -41,7 +42,11 @@ def restore_or_init(run: Setup, layout: StateLayout, ckpt: checkpoint.Checkpoint
 def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, directory: str, step: int) -> None:
     """Refuses to resume under settings that would not continue the run exactly (or not fit its arrays): every config
     key but RESUMABLE, and every value of `stream`, must equal the checkpoint's. Knobs the checkpoint predates
-    compare as their defaults; a knob of a newer jaxgpt is refused."""
+    compare as their defaults; a knob of a newer jaxgpt is refused. A data.mixture's record may differ only in
+    stages that start after `step` (mixture.resume_diffs)."""
+    mixtures = saved_stream.get("mixture"), stream.get("mixture")  # None: a run without a mixture
+    saved_stream = {k: v for k, v in saved_stream.items() if k != "mixture"}
+    stream = {k: v for k, v in stream.items() if k != "mixture"}
     # A checkpoint of an older jaxgpt may lack a record that `stream` has now (train_files): say so, compare the rest.
     unrecorded = [k for k in stream if k not in saved_stream]
     if unrecorded:
@@ -59,6 +64,7 @@ def check_resumable(saved_config: dict, saved_stream: dict, cfg, stream: dict, d
     now = {**flatten(json.loads(json.dumps(now_config))), **stream}
     keys = sorted((saved.keys() | now.keys()) - RESUMABLE)
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    diffs += mixture.resume_diffs(mixtures[0], json.loads(json.dumps(mixtures[1])), step)  # as the checkpoint has it
     if diffs:
         raise CheckpointError(
             f"{directory}: step {step} was written by a run with other settings, so resuming would not continue it "
