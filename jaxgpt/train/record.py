@@ -83,6 +83,7 @@ def banner(run: Setup, start_step: int, eval_cost: str) -> str:
         + (capped if warmup < config.optim.warmup_steps else "")
         + f" | compute: {run.step_cfg.compute_dtype} on {mesh.devices.flat[0].platform}"
         + f"\n        {eval_cost}"
+        + (f"\n        {run.train_src.describe()}" if config.data.mixture else "")
         + (f"\n        {distributed.describe()}" if jax.process_count() > 1 else "")
         + (f"\n        {profiles}" if profiles else "")
     )
