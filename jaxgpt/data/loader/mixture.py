@@ -20,7 +20,8 @@ checkpoint). Global sequence t = k * G + row is row `row` of step k's batch (G t
       own, whatever the others do.
     - Counting: the draws of c before sequence t, in block b of stage i at position r, are (c's draws before stage i,
       kept per stage) + b * count_{i,c} + (c's positions among the first r of block b): O(#stages), not O(t).
-Each host computes the rows it feeds and reads each component's windows of a batch with one read_windows call.
+Each host computes the rows it feeds: a block's windows are worked out once (grouped by component, one permutation
+slice each), and a step slices them and reads its rows with one read_windows call over every component's files.
 
 Why not Grain's `MapDataset.mix` (grain 0.2.18): it interleaves the components in one fixed, unshuffled pattern
 (component c at the same positions of every cycle); its length is the shortest component's (a component that runs out
@@ -37,6 +38,7 @@ model.vocab_size); a component with fewer windows than one block draws from it.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import glob
 import math
@@ -245,12 +247,12 @@ class BlockOrder:
         """counts_SxC: per stage, each component's sequences in a block (summing to `block`); starts: each stage's
         first global sequence, increasing from 0."""
         self.counts_SxC = np.asarray(counts_SxC, np.int64)
-        self.starts = np.asarray(starts, np.int64)
-        self.block, self.seed = int(block), int(seed)
+        self.starts = [int(t) for t in starts]
+        self.block_size, self.seed = int(block), int(seed)
         self._block = functools.lru_cache(maxsize=16)(self._make_block)  # a step reads one or two blocks
         before = [np.zeros(self.counts_SxC.shape[1], np.int64)]
         for i in range(len(self.starts) - 1):  # once per stage: the draws it holds, up to the next stage's start
-            before.append(before[-1] + self._drawn_within(i, int(self.starts[i + 1] - self.starts[i])))
+            before.append(before[-1] + self._drawn_within(i, self.starts[i + 1] - self.starts[i]))
         self.before_SxC = np.stack(before)  # each component's draws before each stage
 
     def _make_block(self, stage: int, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,39 +263,51 @@ class BlockOrder:
         np.random.default_rng([self.seed, _BLOCK_TAG, stage, b]).shuffle(labels_K)
         grouped_K = np.argsort(labels_K, kind="stable")  # the positions of component 0 in order, then 1, ...
         rank_K = np.empty_like(labels_K)
-        rank_K[grouped_K] = np.arange(self.block) - np.repeat(np.cumsum(counts_C) - counts_C, counts_C)
+        rank_K[grouped_K] = np.arange(self.block_size) - np.repeat(np.cumsum(counts_C) - counts_C, counts_C)
         return labels_K, rank_K
 
     def _drawn_within(self, stage: int, u: int) -> np.ndarray:
         """Each component's draws among the first u sequences of a stage."""
-        b, r = divmod(u, self.block)
+        b, r = divmod(u, self.block_size)
         drawn_C = b * self.counts_SxC[stage]
         if r:
             drawn_C = drawn_C + np.bincount(self._block(stage, b)[0][:r], minlength=len(drawn_C))
         return drawn_C
 
     def _stage_of(self, t: int) -> int:
-        return int(np.searchsorted(self.starts, t, side="right")) - 1
+        return bisect.bisect_right(self.starts, t) - 1
 
     def drawn_before(self, t: int) -> np.ndarray:
         """Each component's draws among global sequences 0..t-1, int64 [C], in O(#stages)."""
         i = self._stage_of(t)
-        return self.before_SxC[i] + self._drawn_within(i, t - int(self.starts[i]))
+        return self.before_SxC[i] + self._drawn_within(i, t - self.starts[i])
 
-    def draws(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
-        """For global sequences t0..t1-1: the component of each, and which of that component's draws it is (counted
-        from the run's start); both int64 [t1 - t0]."""
-        labels, draws = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        t = t0
+    def block(self, stage: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block b of a stage, whole: the component of each position, and which of that component's draws it is
+        (counted from the run's start); both int64 [K]."""
+        labels_K, rank_K = self._block(stage, b)
+        return labels_K, self.before_SxC[stage][labels_K] + b * self.counts_SxC[stage][labels_K] + rank_K
+
+    def spans(self, t0: int, t1: int) -> list[tuple[int, int, int, int]]:
+        """Global sequences t0..t1-1 as (stage, block, first position, end position) pieces of blocks, in order."""
+        pieces, t = [], t0
         while t < t1:
             i = self._stage_of(t)
-            end = t1 if i + 1 == len(self.starts) else min(t1, int(self.starts[i + 1]))
-            b, lo = divmod(t - int(self.starts[i]), self.block)
-            hi = min(lo + end - t, self.block)
-            labels_K, rank_K = self._block(i, b)
-            labels.append(labels_K[lo:hi])
-            draws.append(self.before_SxC[i][labels_K[lo:hi]] + b * self.counts_SxC[i][labels_K[lo:hi]] + rank_K[lo:hi])
+            end = t1 if i + 1 == len(self.starts) else min(t1, self.starts[i + 1])
+            b, lo = divmod(t - self.starts[i], self.block_size)
+            hi = min(lo + end - t, self.block_size)
+            pieces.append((i, b, lo, hi))
             t += hi - lo
+        return pieces
+
+    def draws(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+        """For global sequences t0..t1-1: the component of each, and which of that component's draws it is; both
+        int64 [t1 - t0]."""
+        labels, draws = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for i, b, lo, hi in self.spans(t0, t1):
+            labels_K, draws_K = self.block(i, b)
+            labels.append(labels_K[lo:hi])
+            draws.append(draws_K[lo:hi])
         return np.concatenate(labels), np.concatenate(draws)
 
 
@@ -319,6 +333,12 @@ class Mixture:
         self.seq_len = self.sources[0].seq_len
         self.paths = tuple(p for s in self.sources for p in s.paths)
         self._check_blocks()
+        # A batch is one read over every component's files: the same windows, since each file is windowed on its
+        # own; component c's window w is the reader's first_window[c] + w. Three reads per batch would cost three
+        # times the fixed cost of a read, about what a whole batch of 8 costs (BENCHMARKS.md, "Data").
+        first = self.sources[0]
+        self.reader = PackedWindowSource(self.paths, self.seq_len, first.vocab_size, first.reuse_last_target)
+        self.first_window = np.concatenate([[0], np.cumsum(self.num_windows)])
 
     def _check_blocks(self) -> None:
         for start, weights_C, counts_C in zip(self.stage_steps, self.weights_SxC, self.counts_SxC):
@@ -402,28 +422,37 @@ class MixtureRows:
         self.seeds = [mixture.component_seed(seed, c) for c in range(len(mixture.names))]
         # One cache per component for its current epoch's permutation (and a neighbour's): a shared one would evict.
         self.permutations = [functools.lru_cache(maxsize=2)(pipeline.epoch_permutation) for _ in mixture.names]
+        self._block_windows = functools.lru_cache(maxsize=4)(self._make_block_windows)  # a step reads one or two
 
     def windows(self, c: int, draws: np.ndarray) -> np.ndarray:
         """The windows of component c's draws n: P_{c, n // N_c}[n mod N_c], int64 like `draws`."""
         num_windows = int(self.mixture.num_windows[c])
         epochs, positions = np.divmod(draws, num_windows)
         out = np.empty_like(draws)
-        for e in np.unique(epochs).tolist():  # one epoch, or two where c runs out within the batch
+        for e in np.unique(epochs).tolist():  # one epoch, or two where c runs out within the block
             sel = epochs == e
-            lo, hi = int(positions[sel].min()), int(positions[sel].max()) + 1  # c's draws in a batch are consecutive
+            lo, hi = int(positions[sel].min()), int(positions[sel].max()) + 1  # c's draws in a block are consecutive
             perm = pipeline.epoch_permutation_slice(num_windows, self.seeds[c], e, lo, hi, self.permutations[c])
             out[sel] = perm[positions[sel] - lo]
         return out
 
+    def _make_block_windows(self, stage: int, b: int) -> np.ndarray:
+        """The reader's window at each position of a whole block, int64 [K]: worked out once per block, so that a
+        step only slices it (a block spans K / G steps)."""
+        labels_K, draws_K = self.order.block(stage, b)
+        windows_K = np.empty_like(draws_K)
+        for c, first in enumerate(self.mixture.first_window[:-1].tolist()):
+            at = np.flatnonzero(labels_K == c)
+            if at.size:
+                windows_K[at] = first + self.windows(c, draws_K[at])
+        return windows_K
+
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = step * self.global_batch_size
-        labels_B, draws_B = self.order.draws(first + self.rows[0], first + self.rows[1])
-        windows_BxW = np.empty((len(labels_B), self.mixture.seq_len + 1), np.int32)  # [B, S + 1]
-        for c, source in enumerate(self.mixture.sources):
-            rows = np.flatnonzero(labels_B == c)
-            if rows.size:  # one read per component and batch
-                windows_BxW[rows] = source.read_windows(self.windows(c, draws_B[rows]))
-        return {"inputs": windows_BxW[:, :-1], "targets": windows_BxW[:, 1:]}
+        spans = self.order.spans(first + self.rows[0], first + self.rows[1])
+        windows = [self._block_windows(i, b)[lo:hi] for i, b, lo, hi in spans]
+        windows_BxW = self.mixture.reader.read_windows(windows[0] if len(windows) == 1 else np.concatenate(windows))
+        return {"inputs": windows_BxW[:, :-1], "targets": windows_BxW[:, 1:]}  # [B, S] each
 
 
 def open_train(data, make_source: Callable) -> Mixture:
