@@ -334,8 +334,8 @@ class Mixture:
         self.paths = tuple(p for s in self.sources for p in s.paths)
         self._check_blocks()
         # A batch is one read over every component's files: the same windows, since each file is windowed on its
-        # own; component c's window w is the reader's first_window[c] + w. Three reads per batch would cost three
-        # times the fixed cost of a read, about what a whole batch of 8 costs (BENCHMARKS.md, "Data").
+        # own; component c's window w is the reader's first_window[c] + w. A read per component, each with its fixed
+        # cost, and windows looked up per step ran at a third of this speed at batch 8 (BENCHMARKS.md, "Choices").
         first = self.sources[0]
         self.reader = PackedWindowSource(self.paths, self.seq_len, first.vocab_size, first.reuse_last_target)
         self.first_window = np.concatenate([[0], np.cumsum(self.num_windows)])
