@@ -13,7 +13,9 @@ checkpoint). Global sequence t = k * G + row is row `row` of step k's batch (G t
     - Blocks: a stage's sequences are cut into blocks of K = data.mixture_block. Every block of stage i holds
       count_{i,c} sequences of component c: K * w_{i,c} rounded by largest remainder (the counts sum to K; each is
       within one sequence of its share), in an order shuffled by a PRNG seeded by (seed, stage, block). The last block
-      of a stage is cut short where the next stage starts.
+      of a stage is cut short where the next stage starts. K = 512 by default: the rounding moves a share by less than
+      1/512, and the blocks cut at either end of a span of steps move it by a few sequences (a shuffled part block),
+      far inside 1 point over 1000 steps of 8 sequences or more (BENCHMARKS.md, "Data").
     - Windows: the n-th sequence drawn from component c (n counted from the run's start, over all stages) is window
       P_{c,e}[n mod N_c] of c's N_c windows, e = n // N_c, with P_{c,e} pipeline.py's epoch permutation for a seed of
       c's own (from seed and c's name). A component that runs out starts its next epoch, a fresh permutation, on its
