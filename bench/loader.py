@@ -2,6 +2,7 @@
 
     flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/loader.py [--batch 8] [--user-batch 64] [--seq-len 512]
         [--seconds 3] [--rounds 2] [--design]
+    flock /tmp/jaxgpt-bench.lock .venv/bin/python bench/loader.py --mixture [--steps 2000]
 
 Counts window tokens, seq_len + 1 per window (inputs and targets are two views of one window):
   (a) jaxgpt's pipeline: host numpy - this host's rows as numpy arrays (shuffle + gather), the part a data loader is
@@ -19,6 +20,8 @@ ceiling) and with Grain's batched-read pushdown switched on (batch then calls th
 of (b) and (c) check ids against gpt60m's vocab_size, as training does; (a) reads unchecked, as it always has.
 Resident memory (VmRSS, its file pages, the peak VmHWM) is printed after each part: the reads must leave it flat
 however much of the file they touch.
+--mixture: (a) for a 3-component data.mixture (weights 0.5/0.3/0.2) over the bundled .pbin files and over three
+synthetic ones, and the realised proportions of its first --steps steps.
 """
 
 import argparse
@@ -37,6 +40,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxgpt.data.loader.mixture import Mixture
 from jaxgpt.data.loader.pipeline import host_train_dataset, train_batches
 from jaxgpt.data.loader.source import PackedWindowSource
 
@@ -212,6 +216,51 @@ def design_choices(src: PackedWindowSource, batch: int, seconds: float) -> None:
     print(f"  jax.device_put of one {batch} x {src.seq_len} inputs+targets dict: {per_put_us:.0f} us")
 
 
+MIXTURE_WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def mixture_of(paths: list, seq_len: int, block: int) -> Mixture:
+    sources = [PackedWindowSource(p, seq_len) for p in paths]
+    return Mixture(["a", "b", "c"], sources, [(1, list(MIXTURE_WEIGHTS))], block)
+
+
+def proportions(mix: Mixture, batch: int, steps: int) -> None:
+    """Each component's share of the sequences of steps 1..steps, and the extremes over every window of 1000 (or
+    100) consecutive steps, from the order the batches are read in."""
+    labels, _ = mix.order(batch, seed=0).draws(0, steps * batch)
+    per_step_SxC = (labels[:, None] == np.arange(3)).reshape(steps, batch, 3).sum(axis=1)
+    cum_SxC = np.concatenate([np.zeros((1, 3), np.int64), np.cumsum(per_step_SxC, axis=0)])
+    line = f"  batch {batch:>3}, {steps} steps: shares " + " / ".join(
+        f"{s:.4f}" for s in cum_SxC[-1] / cum_SxC[-1].sum()
+    )
+    for span in (1000, 100):
+        shares = (cum_SxC[span:] - cum_SxC[:-span]) / (span * batch)
+        worst = np.abs(shares - np.asarray(MIXTURE_WEIGHTS)).max()
+        line += f" | any {span} steps: worst |share - weight| {worst:.4f}"
+    print(line)
+
+
+def mixture_bench(args) -> None:
+    """A 3-component mixture: loader speed (bundled files, synthetic files) and realised proportions."""
+    names = ["redpajama_v2_samples_512_train.pbin", "redpajama_v2_samples_512_test.pbin", "lorem_ipsum_long.pbin"]
+    bundled = mixture_of([REPO / "tests" / "data" / n for n in names], args.seq_len, args.mixture_block)
+    print(f"mixture {MIXTURE_WEIGHTS}, data.mixture_block={args.mixture_block}; first the largest file alone")
+    measure("bundled RedPajama train .pbin", PackedWindowSource(BUNDLED, args.seq_len), args.batch, args.seconds)
+    measure("mixture of 3 bundled .pbin", bundled, args.batch, args.seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [pathlib.Path(tmp) / f"synthetic{c}.pbin" for c in range(3)]
+        sizes = [args.synthetic_mib // 2**c for c in range(3)]  # 256, 128 and 64 MiB by default
+        for path, mib in zip(paths, sizes):
+            write_synthetic(path, mib * 2**20 // 2)
+        synthetic = mixture_of(paths, args.seq_len, args.mixture_block)
+        name = f"mixture of synthetic {'+'.join(map(str, sizes))} MiB"
+        measure(name, synthetic, args.batch, args.seconds)
+        measure(name, synthetic, 8 * args.batch, args.seconds)
+    print("realised proportions (weights " + " / ".join(map(str, MIXTURE_WEIGHTS)) + "):")
+    for batch in (args.batch, 8 * args.batch):
+        proportions(bundled, batch, args.steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -221,8 +270,14 @@ def main() -> None:
     parser.add_argument("--user-batch", type=int, default=64, help="batch of (c), a user's Grain pipeline")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the before/after reads")
     parser.add_argument("--design", action="store_true", help="also time the alternatives pipeline.py rejected")
+    parser.add_argument("--mixture", action="store_true", help="a 3-component data.mixture instead (mixture.py)")
+    parser.add_argument("--mixture-block", type=int, default=512, help="data.mixture_block of --mixture")
+    parser.add_argument("--steps", type=int, default=2000, help="steps whose proportions --mixture reports")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, grain {grain.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}")
+    if args.mixture:
+        mixture_bench(args)
+        return
     print(f"start: {memory()}")
     print("(a) jaxgpt's pipeline")
     bundled = PackedWindowSource(BUNDLED, args.seq_len)

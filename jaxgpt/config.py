@@ -50,6 +50,16 @@ class DataConfig(Section):
     reuse_last_target: bool = True
     # The instruction-tuning YAML the data was prepared with; copied to DIR/chat_template.yaml for generate --chat
     chat_template_file: str = knob("", resumable=True)
+    # A weighted mixture instead of data.train_path (docs/data.md, "Mixtures"): "NAME:PATHS:WEIGHT,...", PATHS a .pbin,
+    # glob or directory (several joined by "+"), or a list of (NAME, PATHS, WEIGHT); "" = off. Resumable as the paths
+    # are: the checkpoint's stream record compares the components, their files and weights
+    mixture: str | tuple = knob("", resumable=True)
+    # A mixture's weights from given steps on: "STEP:NAME=W,...;STEP:...", or a list of (STEP, {NAME: W}); a resume may
+    # add a stage that starts after its checkpoint's step (the stream record compares the rest)
+    mixture_stages: str | tuple = knob("", resumable=True)
+    mixture_block: int = 512  # sequences per block of a mixture's order; each holds a fixed count of every component
+    # "NAME:PATHS,...": an eval loss per component (eval_loss/NAME) and over all of them, instead of data.val_path
+    val_mixture: str | tuple = knob("", resumable=True)
 
     def __post_init__(self):
         check_int("data.prefetch", self.prefetch, minimum=0)
@@ -67,6 +77,9 @@ class DataConfig(Section):
             )
         if not isinstance(self.reuse_last_target, bool):
             raise ConfigError(f"data.reuse_last_target={self.reuse_last_target!r} must be True or False")
+        check_int("data.mixture_block", self.mixture_block)
+        if self.mixture_stages and not self.mixture:
+            raise ConfigError(f"data.mixture_stages={self.mixture_stages!r} needs data.mixture (the components)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +226,11 @@ def default_config() -> ml_collections.ConfigDict:
         hints = typing.get_type_hints(section)
         node = ml_collections.ConfigDict()
         for f in section.own_fields():
+            kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
             if f.default is None:  # a typed reference, so that --config.train.num_steps=100 parses as an int
-                kind = next(t for t in typing.get_args(hints[f.name]) if t is not type(None))
-                node[f.name] = ml_collections.FieldReference(None, field_type=kind)
+                node[f.name] = ml_collections.FieldReference(None, field_type=kinds[0])
+            elif len(kinds) > 1:  # a string or a list (data.mixture): the flag parses a Python literal, else a string
+                node[f.name] = ml_collections.FieldReference(f.default, field_type=object)
             else:
                 node[f.name] = f.default
         cfg[section.SECTION] = node

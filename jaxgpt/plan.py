@@ -220,9 +220,12 @@ def step_shape(step_cfg: StepConfig, micro_batch: int, accum: int, remat: str, t
 
 
 def _num_steps(config: RunConfig, global_batch: int) -> tuple[int | None, str]:
-    """train.num_steps, else one epoch of data.train_path when its files are here, else unknown."""
+    """train.num_steps, else one epoch of data.train_path when its files are here, else unknown (also for a
+    data.mixture, which leaves data.train_path unread)."""
     if config.train.num_steps is not None:
         return config.train.num_steps, "train.num_steps"
+    if config.data.mixture:
+        return None, ""
     paths = [p.strip() for p in config.data.train_path.split(",") if p.strip()]
     if not paths or not all(os.path.isfile(p) for p in paths):
         return None, ""

@@ -1,6 +1,6 @@
-"""A run's curves from its metrics.jsonl: train and eval loss against step (tokens seen on the top axis), learning
-rate, gradient norm and throughput, for one run or several overlaid; and a run's per-layer statistics
-(train.layer_stats_every) as heat maps of layer against step.
+"""A run's curves from its metrics.jsonl: train and eval loss against step (tokens seen on the top axis; with
+data.val_mixture, an eval loss per component too), learning rate, gradient norm and throughput, for one run or several
+overlaid; and a run's per-layer statistics (train.layer_stats_every) as heat maps of layer against step.
 
 `python tools/plot_metrics.py DIR [DIR ...] [--out F.png]` is the CLI (`--layers`: the heat maps, DIR/layers.png);
 `train.run` writes DIR/metrics.png through `plot_runs` when it ends. In a notebook, `figure(read_runs([DIR]))` (or
@@ -37,6 +37,8 @@ from jaxgpt.io import atomic_output
 REQUIRED = {"train": "loss", "eval": "eval_loss"}
 LAYERS_PLOT = "layers.png"  # plot_layers' default, beside metrics.png
 DRAWN = {"train": ("loss", "lr", "grad_norm", "tokens_per_s"), "eval": ("eval_loss",)}
+# An eval loss per data.val_mixture component, "eval_loss/<name>", drawn beside the total with these markers
+EVAL_PART, PART_MARKERS = "eval_loss/", "s^vDxP*"
 # The per-layer statistics, "layers/<stat>/<layer>" in the "layers" events (jaxgpt/train/layer_stats.py's STATS)
 LAYERS, LAYER_STATS = "layers", ("param_norm", "grad_norm", "update_norm", "update_ratio", "act_rms")
 
@@ -57,6 +59,11 @@ class RunMetrics:
         events = self.train if kind == "train" else self.eval
         steps = [s for s, e in events.items() if key in e]
         return steps, [float(events[s][key]) for s in steps]
+
+    def eval_parts(self) -> list[str]:
+        """The data.val_mixture components whose eval loss the run logged, in the order of their first event."""
+        keys = dict.fromkeys(k for e in self.eval.values() for k in e if k.startswith(EVAL_PART))
+        return [k[len(EVAL_PART) :] for k in keys]
 
 
 def read_events(path: str) -> dict[str, dict[int, dict]]:
@@ -105,7 +112,8 @@ def check_event(event, path: str, lineno: int) -> str | None:
         return kind
     if REQUIRED[kind] not in event:
         raise MetricsError(f"{path}:{lineno}: this {kind} event has no {REQUIRED[kind]!r}")
-    for key in DRAWN[kind]:
+    parts = [k for k in event if k.startswith(EVAL_PART)] if kind == "eval" else []
+    for key in (*DRAWN[kind], *parts):
         value = event.get(key, 0.0)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise MetricsError(f"{path}:{lineno}: {key}={value!r} is not a number")
@@ -197,6 +205,10 @@ def figure(runs: list[RunMetrics]) -> RunsFigure:
         ax_loss.plot(*run.series("train", "loss"), color=color, label=f"{name} train".strip())
         if run.eval:
             ax_loss.plot(*run.series("eval", "eval_loss"), "o--", color=color, label=f"{name} eval".strip())
+        for j, part in enumerate(run.eval_parts()):
+            marker = PART_MARKERS[j % len(PART_MARKERS)]
+            steps, losses = run.series("eval", EVAL_PART + part)
+            ax_loss.plot(steps, losses, f"{marker}:", color=color, label=f"{name} eval {part}".strip())
         ax_lr.plot(*run.series("train", "lr"), color=color, label=run.label)
         ax_grad.plot(*run.series("train", "grad_norm"), color=color, label=run.label)
         ax_speed.plot(*run.series("train", "tokens_per_s"), color=color, label=run.label)

@@ -1,4 +1,5 @@
-"""Evaluation during training: the mean token loss over the validation windows, when it is due, and its cost."""
+"""Evaluation during training: the mean token loss over the validation windows (and per data.val_mixture component),
+when it is due, and its cost."""
 
 from __future__ import annotations
 
@@ -25,6 +26,26 @@ def evaluate(
 ) -> dict:
     """Mean token loss over the validation windows (all of them, or the first `max_batches` batches when > 0);
     `on_batch()` after each batch (the progress bar)."""
+    return scores(*loss_sums(eval_step, params, source, eval_batch, mesh, max_batches, on_batch))
+
+
+def evaluate_sets(
+    eval_step, params, sources: dict[str, PackedWindowSource], eval_batch: int, mesh, max_batches: int, on_batch
+) -> dict:
+    """`evaluate` over data.val_path ({"": its windows}); or over each data.val_mixture component, with
+    "eval_loss/NAME" for each besides eval_loss over all their tokens together (max_batches: of each)."""
+    if list(sources) == [""]:
+        return evaluate(eval_step, params, sources[""], eval_batch, mesh, max_batches, on_batch)
+    sums = {
+        name: loss_sums(eval_step, params, src, eval_batch, mesh, max_batches, on_batch)
+        for name, src in sources.items()
+    }
+    total = scores(math.fsum(s for s, _ in sums.values()), math.fsum(n for _, n in sums.values()))
+    return {**total, **{f"eval_loss/{name}": scores(*s)["eval_loss"] for name, s in sums.items()}}
+
+
+def loss_sums(eval_step, params, source: PackedWindowSource, eval_batch: int, mesh, max_batches: int, on_batch):
+    """(sum of the token losses, tokens counted) over the validation windows, or their first `max_batches` batches."""
     loss_sum, num_tokens = 0.0, 0.0
     with pipeline.eval_batches(source, global_batch_size=eval_batch, sharding=sharding.batch_sharding(mesh)) as it:
         for batch in itertools.islice(it, max_batches or None):
@@ -32,6 +53,11 @@ def evaluate(
             loss_sum += float(out["loss_sum"])
             num_tokens += float(out["num_tokens"])
             on_batch()
+    return loss_sum, num_tokens
+
+
+def scores(loss_sum: float, num_tokens: float) -> dict:
+    """eval_loss (the mean token loss), eval_ppl and eval_tokens."""
     if not num_tokens:  # loss masks with no assistant target in the evaluated windows
         warnings.warn("evaluation counted no target (data.loss_mask_tokens): eval_loss is NaN", stacklevel=2)
         return {"eval_loss": math.nan, "eval_ppl": math.nan, "eval_tokens": 0.0}
@@ -45,7 +71,7 @@ class Schedule:
 
     every: int  # train.eval_every: evaluate at its multiples ...
     last: int  # ... and at the run's last step
-    batches: int  # batches of one evaluation (0: the run has no validation data)
+    batches: int  # batches of one evaluation, all data.val_mixture components together (0: no validation data)
     eval_batch: int  # sequences per batch
     max_batches: int  # train.eval_steps (0: a full pass)
 
@@ -68,8 +94,9 @@ class Schedule:
 class Evaluation:
     """Evaluating a run's params when its schedule says, into the recorder."""
 
-    def __init__(self, schedule: Schedule, eval_step, source: PackedWindowSource | None, mesh, recorder):
-        self.schedule, self.eval_step, self.source = schedule, eval_step, source
+    def __init__(self, schedule: Schedule, eval_step, sources: dict[str, PackedWindowSource], mesh, recorder):
+        """sources: Setup.val_sets."""
+        self.schedule, self.eval_step, self.sources = schedule, eval_step, sources
         self.mesh, self.recorder = mesh, recorder
 
     def due(self, step: int) -> bool:
@@ -78,8 +105,8 @@ class Evaluation:
     def __call__(self, step: int, params) -> None:
         s = self.schedule
         with self.recorder.evaluating(step, s.batches) as on_batch, self.recorder.goodput.timing("eval"):
-            scores = evaluate(self.eval_step, params, self.source, s.eval_batch, self.mesh, s.max_batches, on_batch)
-        self.recorder.eval(step, scores)
+            got = evaluate_sets(self.eval_step, params, self.sources, s.eval_batch, self.mesh, s.max_batches, on_batch)
+        self.recorder.eval(step, got)
 
     def missed(self, start_step: int) -> bool:
         """Whether the resumed run must first do the evaluation of its start step. A stop signal at an eval step saves

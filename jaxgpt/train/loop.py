@@ -80,12 +80,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
             r.flops_per_token,
             r.peak_flops,
         )
+        epochs = r.train_src.epochs(r.plan.global_batch, r.config.data.seed) if r.config.data.mixture else None
         recorder = cleanup.enter_context(
-            Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt, started=started)
+            Recorder(r.workdir, cadence, r.config.wandb, resolved, start_step, ckpt, started=started, epochs=epochs)
         )
         step_for = train_steps(layout, r.config.train.layer_stats_every, recorder.goodput)
-        eval_fn = step.make_eval_step(layout) if r.val_src is not None else None
-        evaluation = Evaluation(schedule, eval_fn, r.val_src, r.mesh, recorder)
+        eval_fn = step.make_eval_step(layout) if r.val_sets else None
+        evaluation = Evaluation(schedule, eval_fn, r.val_sets, r.mesh, recorder)
         if evaluation.missed(start_step):
             evaluation(start_step, state.params)
         batches = pipeline.train_batches(
@@ -133,8 +134,9 @@ def train_loop(
 ) -> None:
     """Steps start_step + 1 .. r.end_step (step_for(k): step k's jitted step). Metrics are read one step late, so the
     host never stalls the device, except at a step that saves, evaluates or profiles: after a non-finite loss nothing
-    more is saved or evaluated. Ends with the goodput report."""
+    more is saved or evaluated. Ends with the goodput report (and a mixture's epochs per component)."""
     pending = None  # (step, metrics) dispatched but not yet read
+    done = start_step
     for done in range(start_step + 1, r.end_step + 1):
         with recorder.goodput.timing("data_wait"):
             batch = next(batches)
@@ -167,6 +169,7 @@ def train_loop(
     with recorder.goodput.timing("checkpoint"):
         ckpt.wait()  # the last save on disk: its end is part of the run's time
     recorder.report_goodput()
+    recorder.report_epochs(done)
 
 
 def plot_metrics(workdir: str) -> None:

@@ -85,6 +85,7 @@ def banner(run: Setup, start_step: int, eval_cost: str) -> str:
         + f"\n        {optim.describe(run.step_cfg.optim, plan.num_steps)}"
         + f"\n        compute: {run.step_cfg.compute_dtype} on {mesh.devices.flat[0].platform}"
         + f"\n        {eval_cost}"
+        + (f"\n        {run.train_src.describe()}" if config.data.mixture else "")
         + (f"\n        {distributed.describe()}" if jax.process_count() > 1 else "")
         + (f"\n        {profiles}" if profiles else "")
     )

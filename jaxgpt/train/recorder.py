@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 import warnings
+from collections.abc import Callable
 
 import jax
 from tqdm import tqdm
@@ -140,11 +141,13 @@ class Recorder(contextlib.ExitStack):
         start_step: int,
         checkpoints,
         started: float | None = None,
+        epochs: Callable[[int], dict[str, float]] | None = None,
     ):
         """resolved: the run's config.json, for W&B; checkpoints: the Checkpointer, which names the newest good one;
-        started: time.perf_counter() when the run started (goodput's start-up; default: now)."""
+        started: time.perf_counter() when the run started (goodput's start-up; default: now); epochs: step -> each
+        data.mixture component's passes over its windows so far (Mixture.epochs), logged with the train metrics."""
         super().__init__()
-        self.cadence, self.checkpoints = cadence, checkpoints
+        self.cadence, self.checkpoints, self.epochs = cadence, checkpoints, epochs
         self.metrics = MetricsLog(rundir.path(workdir, rundir.METRICS), start_step)
         self.callback(self.metrics.close)
         goodput_path = rundir.path(workdir, rundir.GOODPUT) if is_lead() else None
@@ -183,7 +186,7 @@ class Recorder(contextlib.ExitStack):
             self._since = (now, done)
         mfu = tokens_per_s * c.flops_per_token / c.peak_flops
         event = {"event": "train", "step": done, **m, "tokens_per_s": tokens_per_s, "mfu": mfu}
-        event |= {**self.goodput.fields(), "time": time.time()}
+        event |= {**self.goodput.fields(), **(self.epochs(done) if self.epochs else {}), "time": time.time()}
         self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         self._emit("train", event)
         self.goodput.save()
@@ -193,6 +196,12 @@ class Recorder(contextlib.ExitStack):
         self.goodput.save()
         if is_lead():
             self.bar.write(self.goodput.report())
+
+    def report_epochs(self, done: int) -> None:
+        """Under the bar (process 0), with a data.mixture: each component's passes over its windows after step done."""
+        if self.epochs and is_lead():
+            passes = ", ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in self.epochs(done).items())
+            self.bar.write(f"epochs per mixture component after step {done}: {passes}")
 
     @contextlib.contextmanager
     def evaluating(self, done: int, num_batches: int):
@@ -216,7 +225,8 @@ class Recorder(contextlib.ExitStack):
 
     def eval(self, done: int, scores: dict) -> None:
         event = {"event": "eval", "step": done, **scores}
-        self.bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}")
+        parts = "".join(f"  {k}: {v:.4f}" for k, v in scores.items() if k.startswith("eval_loss/"))
+        self.bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}{parts}")
         self._emit("eval", event)
         self._since = (time.perf_counter(), done)  # evaluation time is not training throughput
 

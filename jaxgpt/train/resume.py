@@ -14,6 +14,7 @@ import warnings
 
 from jaxgpt import checkpoint, config, rundir
 from jaxgpt.config import flatten
+from jaxgpt.data.loader import mixture
 from jaxgpt.errors import CheckpointError, ConfigError
 from jaxgpt.interop import warmstart
 from jaxgpt.train import optim
@@ -83,7 +84,11 @@ def check_resumable(
     """Refuses to resume (or branch) under settings that would not continue the run exactly (or not fit its arrays):
     every config key but RESUMABLE, and every value of `stream`, must equal the checkpoint's; train.num_steps may
     change where optim.extension_refusal allows it. Knobs the checkpoint predates compare as their defaults; a knob of
-    a newer jaxgpt is refused. A branch's own train.branch_from is not compared."""
+    a newer jaxgpt is refused. A branch's own train.branch_from is not compared. A data.mixture's record may differ
+    only in stages that start after `step` (mixture.resume_diffs)."""
+    mixtures = saved_stream.get("mixture"), stream.get("mixture")  # None: a run without a mixture
+    saved_stream = {k: v for k, v in saved_stream.items() if k != "mixture"}
+    stream = {k: v for k, v in stream.items() if k != "mixture"}
     # A checkpoint of an older jaxgpt may lack a record that `stream` has now (train_files): say so, compare the rest.
     unrecorded = [k for k in stream if k not in saved_stream]
     if unrecorded:
@@ -107,6 +112,7 @@ def check_resumable(
     steps = num_steps_change(saved, now, step)
     if steps:
         diffs = sorted([*diffs, steps])
+    diffs += mixture.resume_diffs(mixtures[0], json.loads(json.dumps(mixtures[1])), step)  # as the checkpoint has it
     if diffs:
         doing, fix = ("branching from", "Branch with the source's settings.") if branch else ("resuming", RESTORE)
         raise CheckpointError(

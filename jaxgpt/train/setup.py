@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxgpt import model, sharding
 from jaxgpt.config import RunConfig, TrainConfig
-from jaxgpt.data.loader import pipeline
+from jaxgpt.data.loader import mixture, pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
 from jaxgpt.data.tokenize import EOD_TOKEN, load_tokenizer
 from jaxgpt.errors import ConfigError, PackedDataError, check_int
@@ -44,8 +44,8 @@ class Setup:
     config: RunConfig  # the same, checked, as dataclasses
     workdir: str
     mesh: jax.sharding.Mesh
-    train_src: PackedWindowSource
-    val_src: PackedWindowSource | None
+    train_src: PackedWindowSource | mixture.Mixture  # data.train_path's windows, or data.mixture's
+    val_src: PackedWindowSource | None  # data.val_path's windows; None without it, or with data.val_mixture
     plan: Plan
     step_cfg: StepConfig
     end_step: int  # the last step this process runs: num_steps, or --stop_after
@@ -57,15 +57,20 @@ class Setup:
     flops_per_token: float
     peak_flops: float  # of all devices together, for MFU
     records_tokenizer: bool  # data.tokenizer_file fits the model: copied to DIR/tokenizer.json
+    val_parts: dict[str, PackedWindowSource] = dataclasses.field(default_factory=dict)  # data.val_mixture's windows
+
+    @property
+    def val_sets(self) -> dict[str, PackedWindowSource]:
+        """What evaluation reads: {"": data.val_path's windows}, data.val_mixture's by name, or nothing."""
+        return self.val_parts or ({"": self.val_src} if self.val_src is not None else {})
 
     @property
     def eval_batches(self) -> int:
-        """Batches of one evaluation: a full pass over the validation windows, or the first train.eval_steps."""
-        if self.val_src is None:
-            return 0
-        full = -(-len(self.val_src) // self.plan.eval_batch)  # ceil: the last batch is padded and masked
+        """Batches of one evaluation: a full pass over the validation windows (of each data.val_mixture component),
+        or the first train.eval_steps of each."""
         steps = self.config.train.eval_steps
-        return min(full, steps) if steps else full
+        full = [-(-len(src) // self.plan.eval_batch) for src in self.val_sets.values()]  # ceil: the last is masked
+        return sum(min(n, steps) if steps else n for n in full)
 
 
 def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) -> Setup:
@@ -79,8 +84,12 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     windows = functools.partial(
         PackedWindowSource, seq_len=d.seq_len, vocab_size=vocab, reuse_last_target=d.reuse_last_target
     )
-    train_src = windows(split_paths(d.train_path, "data.train_path"))
-    val_src = windows(split_paths(d.val_path, "data.val_path")) if d.val_path else None
+    if d.mixture:
+        train_src = mixture.open_train(d, windows)
+    else:
+        train_src = windows(split_paths(d.train_path, "data.train_path"))
+    val_parts = mixture.open_validation(d.val_mixture, windows) if d.val_mixture else {}
+    val_src = windows(split_paths(d.val_path, "data.val_path")) if d.val_path and not val_parts else None
     plan = make_plan(config, mesh, train_src)
     check_profiles(config.train, plan.num_steps)
     optim.check_schedule(config.optim, plan.num_steps)
@@ -90,8 +99,8 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         check_eod_token(d.tokenizer_file, config.model.eod_token_id)
     if d.chat_template_file:  # a bad template fails now, not when the finished run is asked to chat
         check_chat_template(d.chat_template_file)
-    if val_src is not None:
-        check_validation_windows(val_src, config.train.eval_steps * plan.eval_batch)
+    for src in [*val_parts.values(), *([val_src] if val_src is not None else [])]:  # one of the two, or neither
+        check_validation_windows(src, config.train.eval_steps * plan.eval_batch)
     step_cfg = StepConfig.from_config(cfg, plan.num_steps, mask_ids).resolved(mesh.devices.flat[0].platform)
     # From here on the config names the dtype "auto" picked: config.json and the checkpoints record it, and a resume
     # compares it, so "auto" resumes a run of the dtype it picks (and refuses one of the other).
@@ -101,8 +110,10 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         "global_batch_size": plan.global_batch,
         "num_windows": len(train_src),
         "num_steps": plan.num_steps,
-        "train_files": [f"{os.path.basename(p)} ({os.path.getsize(p)} bytes)" for p in train_src.paths],
+        "train_files": [mixture.file_record(p) for p in train_src.paths],
     }
+    if d.mixture:  # only then: a run without one records what it always did
+        stream["mixture"] = train_src.record()
     return Setup(
         cfg=cfg,
         config=config,
@@ -118,10 +129,11 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         flops_per_token=model.flops_per_token(step_cfg.model, d.seq_len),
         peak_flops=model.total_peak_flops(peak_flops(config), jax.devices()),
         records_tokenizer=records_tokenizer,
+        val_parts=val_parts,
     )
 
 
-def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource) -> Plan:
+def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource | mixture.Mixture) -> Plan:
     """The batch sizes and step counts the config implies on this mesh and these training windows."""
     t = config.train
     dp = sharding.data_parallel_size(mesh)

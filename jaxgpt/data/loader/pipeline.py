@@ -8,6 +8,7 @@ Training order (a pure function of (seed, step), independent of the number of ho
     a different random remainder, like Modalities' drop_last sampler).
     Host h of P feeds rows [h*G/P, (h+1)*G/P) of every global batch and reads only those windows. Resuming at step k on
     any number of hosts therefore continues the exact sequence: pass `start_step=k`.
+    A weighted mixture of sources (data.mixture) has an order of its own, with the same properties: mixture.py.
 
 Evaluation: one unshuffled pass over all N windows, ceil(N / G) batches; the last is padded with zero rows whose
 "mask" is 0, so every host count computes the same masked mean.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 
 import grain
 import jax
@@ -54,21 +55,28 @@ def steps_per_epoch(source: Sized | int, global_batch_size: int) -> int:
     return steps
 
 
-def epoch_permutation_slice(num_windows: int, seed: int, epoch: int, start: int, stop: int) -> np.ndarray:
-    """P_e[start:stop], int64: positions start..stop-1 of epoch `epoch`'s permutation of range(num_windows)."""
+def epoch_permutation_slice(
+    num_windows: int, seed: int, epoch: int, start: int, stop: int, permutation: Callable | None = None
+) -> np.ndarray:
+    """P_e[start:stop], int64: positions start..stop-1 of epoch `epoch`'s permutation of range(num_windows).
+    `permutation`: where whole permutations are kept, a cache of `epoch_permutation` (default: one of two epochs,
+    the current one and its neighbour; a mixture keeps one such cache per component, which would evict each other's)."""
     if num_windows <= PERMUTATION_MAX_WINDOWS:
-        return _epoch_permutation(num_windows, seed, epoch)[start:stop].astype(np.int64)
+        return (permutation or _epoch_permutation)(num_windows, seed, epoch)[start:stop].astype(np.int64)
     # Too big to hold per epoch: Grain's stateless index_shuffle, O(1) memory, ~5-8 us per window at this size.
     shuffle_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint32)[0])
     return np.array([index_shuffle(p, num_windows - 1, shuffle_seed, 4) for p in range(start, stop)], np.int64)
 
 
-@functools.lru_cache(maxsize=2)  # the current epoch and, around a boundary, its neighbour
-def _epoch_permutation(num_windows: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_permutation(num_windows: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s whole permutation of range(num_windows), uint32 (4 bytes per window)."""
     # Seeded by the pair (seed, epoch), not seed + epoch: runs with seeds s and s + 1 never share an epoch order.
-    perm = np.arange(num_windows, dtype=np.uint32)  # 4 bytes per window; the same order as permutation(num_windows)
+    perm = np.arange(num_windows, dtype=np.uint32)  # the same order as permutation(num_windows)
     np.random.default_rng([seed, epoch]).shuffle(perm)
     return perm
+
+
+_epoch_permutation = functools.lru_cache(maxsize=2)(epoch_permutation)  # the current epoch and its neighbour
 
 
 def process_rows(global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -127,11 +135,15 @@ def host_train_dataset(
     rows: tuple[int, int],
     start_step: int = 0,
 ) -> grain.MapDataset:
-    """Element i = rows `rows` of global training batch start_step + i: numpy int32 [B, S] "inputs" and "targets"."""
+    """Element i = rows `rows` of global training batch start_step + i: numpy int32 [B, S] "inputs" and "targets".
+    `source`: a PackedWindowSource, or a mixture.Mixture, whose `train_rows` gives its own order."""
     steps_per_epoch(source, global_batch_size)  # validates before any thread starts
     check_int("data.seed", seed, minimum=0)
     check_int("start_step", start_step, minimum=0)
-    train_rows = _TrainRows(source, global_batch_size, int(seed), rows)
+    if hasattr(source, "train_rows"):  # a data.mixture (mixture.py) orders its own steps
+        train_rows = source.train_rows(global_batch_size, int(seed), rows)
+    else:
+        train_rows = _TrainRows(source, global_batch_size, int(seed), rows)
     return grain.MapDataset.range(int(start_step), _MAX_STEPS).map(train_rows)
 
 
