@@ -95,6 +95,9 @@ class Context(NamedTuple):
     slots: Slots | None  # generation: where the tokens go in the cache and what they read; None: no cache
 
 
+ONE_DOCUMENT = Context(None, None, None)  # positions 0 .. T-1 of one document, no cache: a plain forward pass
+
+
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, kernel: Kernel, rngs: nnx.Rngs):
         self.attention_norm = norm(cfg, cfg.n_embd, dtype)
@@ -103,7 +106,7 @@ class Block(nnx.Module):
         self.mlp = MLPS[cfg.mlp](cfg, dtype=dtype, rngs=rngs)
         self.rate = cfg.dropout
 
-    def __call__(self, x_BxTxD: jax.Array, rope, ctx: Context, key: jax.Array | None = None, kv=None):
+    def __call__(self, x_BxTxD: jax.Array, rope, ctx: Context = ONE_DOCUMENT, key: jax.Array | None = None, kv=None):
         """(x [B, T, D], the layer's kv cache or None): pre-norm attention and MLP, each added to the residual."""
         attn_key, mlp_key = (None, None) if key is None else jax.random.split(key)
         y_BxTxD, kv = self.attn(self.attention_norm(x_BxTxD), rope, kv, ctx.slots, ctx.segment_BxT)
@@ -174,7 +177,7 @@ class GPT(nnx.Module):
         cfg, (B, T) = self.cfg, tokens_BxT.shape
         if cache is None:
             if not cfg.documents:
-                return Context(None, None, None), None
+                return ONE_DOCUMENT, None
             start_BxT, _ = document_starts(tokens_BxT, cfg.eod_token_id)
             positions_BxT = jnp.arange(T)[None, :] - start_BxT if cfg.doc_positions else None
             return Context(positions_BxT, start_BxT if cfg.doc_mask else None, None), None
@@ -205,7 +208,7 @@ class GPT(nnx.Module):
         (None: no dropout); block_ms: a list that receives each block's output mean square, float32 [] over the
         batch (the train step's layer statistics), or None: nothing extra is computed. Returns (h, cache)."""
         cfg, T = self.cfg, x_BxTxD.shape[1]
-        ctx = Context(None, None, None) if ctx is None else ctx
+        ctx = ONE_DOCUMENT if ctx is None else ctx
         keys = [None] * (cfg.n_layer + 1) if keys is None else keys
         x_BxTxD = dropout(x_BxTxD, cfg.dropout, keys[-1])
         rope = None
