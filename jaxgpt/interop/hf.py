@@ -432,8 +432,9 @@ def write_folder(
                 f.write(f"# A jaxgpt export\n\n{note}\n")
 
 
-def document_masking_note(m, eod_token: str) -> str:
-    """What an export of a model trained with document masking must tell its users ("" for other models)."""
+def document_masking_note(m, eod_token: str, exported: str = "The exported classes have") -> str:
+    """What an export of a model trained with document masking must tell its users ("" for other models); `exported`
+    names what the folder holds."""
     if not (m.doc_mask or m.doc_positions):
         return ""
     what = " and ".join(
@@ -441,7 +442,7 @@ def document_masking_note(m, eod_token: str) -> str:
     )
     return (
         f"This model was trained with {what} each {eod_token} (model.doc_mask={m.doc_mask}, model.doc_positions="
-        f"{m.doc_positions}). The exported classes have no document masking: a prompt without {eod_token} gives"
+        f"{m.doc_positions}). {exported} no document masking: a prompt without {eod_token} gives"
         f" jaxgpt's logits; one with it attends across it here, unlike in training and in jaxgpt's generate."
     )
 

@@ -162,8 +162,8 @@ def write_folder(
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config, f, sort_keys=False)
         hf.write_tokenizer(tmp, tokenizer_file, eod_token, eod, m.seq_len)
-        note = hf.document_masking_note(m, eod_token)
+        note = hf.document_masking_note(m, eod_token, exported="The exported GPT2LLM has")
         if note:
-            warnings.warn(note.replace("exported classes", "exported GPT2LLM"), stacklevel=2)
+            warnings.warn(note, stacklevel=2)
             with open(os.path.join(tmp, "README.md"), "w") as f:
-                f.write(f"# A jaxgpt export\n\n{note.replace('exported classes', 'exported GPT2LLM')}\n")
+                f.write(f"# A jaxgpt export\n\n{note}\n")

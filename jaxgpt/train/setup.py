@@ -18,7 +18,7 @@ from jaxgpt import model, sharding
 from jaxgpt.config import RunConfig, TrainConfig
 from jaxgpt.data.loader import mixture, pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
-from jaxgpt.data.tokenize import EOD_TOKEN, load_tokenizer
+from jaxgpt.data.tokenize import EOD_TOKEN, Tokenizer, load_tokenizer
 from jaxgpt.errors import ConfigError, PackedDataError, check_int
 from jaxgpt.train import optim
 from jaxgpt.train.state import StepConfig
@@ -93,10 +93,11 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
     plan = make_plan(config, mesh, train_src)
     check_profiles(config.train, plan.num_steps)
     optim.check_schedule(config.optim, plan.num_steps)
-    records_tokenizer = check_tokenizer(d.tokenizer_file, vocab)
-    mask_ids = loss_mask_ids(d.tokenizer_file, d.loss_mask_tokens)
+    tokenizer = read_tokenizer(d.tokenizer_file)  # read once for the three checks below
+    records_tokenizer = check_tokenizer(tokenizer, d.tokenizer_file, vocab)
+    mask_ids = loss_mask_ids(tokenizer, d.tokenizer_file, d.loss_mask_tokens)
     if config.model.documents:
-        check_eod_token(d.tokenizer_file, config.model.eod_token_id)
+        check_eod_token(tokenizer, d.tokenizer_file, config.model.eod_token_id)
     if d.chat_template_file:  # a bad template fails now, not when the finished run is asked to chat
         check_chat_template(d.chat_template_file)
     for src in [*val_parts.values(), *([val_src] if val_src is not None else [])]:  # one of the two, or neither
@@ -197,13 +198,17 @@ def check_validation_windows(val_src: PackedWindowSource, num_read: int) -> None
         val_src.read_windows(np.arange(first, min(first + 4096, num_read)))
 
 
-def check_tokenizer(path: str, vocab_size: int) -> bool:
-    """Whether data.tokenizer_file fits the model, so that the run records it for generation. A file that does not
-    load is an error; one with more ids than model.vocab_size (a run on synthetic ids) is a warning, not recorded."""
+def read_tokenizer(path: str) -> Tokenizer:
+    """data.tokenizer_file, loaded; a file that does not load is a ConfigError naming the key."""
     try:
-        tok = load_tokenizer(path, backend="hf")
+        return load_tokenizer(path, backend="hf")
     except PackedDataError as e:
         raise ConfigError(f"data.tokenizer_file={path!r}: {e}") from None
+
+
+def check_tokenizer(tok: Tokenizer, path: str, vocab_size: int) -> bool:
+    """Whether data.tokenizer_file (`tok`, read from `path`) fits the model, so that the run records it for
+    generation. One with more ids than model.vocab_size (a run on synthetic ids) is a warning, not recorded."""
     if tok.max_id >= vocab_size:
         warnings.warn(
             f"data.tokenizer_file={path!r} has ids up to {tok.max_id}, beyond model.vocab_size={vocab_size}: this run"
@@ -214,11 +219,10 @@ def check_tokenizer(path: str, vocab_size: int) -> bool:
     return True
 
 
-def loss_mask_ids(tokenizer_file: str, tokens: tuple[str, ...]) -> tuple[int, int] | None:
-    """The ids of data.loss_mask_tokens in data.tokenizer_file; each must be one token of it."""
+def loss_mask_ids(tokenizer: Tokenizer, tokenizer_file: str, tokens: tuple[str, ...]) -> tuple[int, int] | None:
+    """The ids of data.loss_mask_tokens in data.tokenizer_file (`tokenizer`); each must be one token of it."""
     if not tokens:
         return None
-    tokenizer = load_tokenizer(tokenizer_file, backend="hf")
     ids = tuple(tokenizer.token_id(t) for t in tokens)
     for i, (token, token_id) in enumerate(zip(tokens, ids)):
         if token_id is None:
@@ -229,10 +233,10 @@ def loss_mask_ids(tokenizer_file: str, tokens: tuple[str, ...]) -> tuple[int, in
     return ids
 
 
-def check_eod_token(tokenizer_file: str, eod_token_id: int) -> None:
+def check_eod_token(tokenizer: Tokenizer, tokenizer_file: str, eod_token_id: int) -> None:
     """Document masking splits at model.eod_token_id: it must be data.tokenizer_file's <|endoftext|>, or any id of a
     tokenizer that has none (a word-level one), so that a GPT-2 run cannot split at another tokenizer's id."""
-    eod = load_tokenizer(tokenizer_file, backend="hf").token_id(EOD_TOKEN)
+    eod = tokenizer.token_id(EOD_TOKEN)
     if eod is not None and eod != eod_token_id:
         raise ConfigError(
             f"model.eod_token_id={eod_token_id} but data.tokenizer_file={tokenizer_file!r} has {EOD_TOKEN} = {eod}:"
