@@ -40,6 +40,10 @@ class MetricsError(JaxgptError):
     """A metrics.jsonl, config.json or output path that cannot be used; the message names the file (and line)."""
 
 
+class EvalError(JaxgptError):
+    """A downstream task spec or task file jaxgpt cannot score; the message names the file, line and field."""
+
+
 class TrainingStopped(JaxgptError):
     """The run stopped on purpose with a message for the user (a non-finite loss)."""
 
