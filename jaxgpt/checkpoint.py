@@ -336,7 +336,13 @@ def quiet_orbax_errors() -> None:
 
 
 def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
-    """Returns `(model, config)` from the newest intact (or the given) checkpoint in `workdir`, without the optimizer
+    """`(model, config)` of `load_step`: the newest intact checkpoint of `workdir`, or the given step."""
+    model, cfg, _ = load_step(workdir, step, mesh)
+    return model, cfg
+
+
+def load_step(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
+    """Returns `(model, config, step)` from the newest intact (or the given) checkpoint in `workdir`, without the optimizer
     state, and prints which step it loaded.
 
     The parameters land on `mesh`, by default the first local device, so a checkpoint written on 8 GPUs opens in a
@@ -369,7 +375,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding
     finally:
         ckpt.close()
     print(f"jaxgpt: loaded step {step} of {directory}", file=sys.stderr)
-    return model, cfg
+    return model, cfg, step
 
 
 def saved_config(ckpt: Checkpointer, step: int) -> ml_collections.ConfigDict:

@@ -4,6 +4,7 @@
     jaxgpt plan --config=configs/gpt60m.py --devices=8 --device=h100                   (= python -m jaxgpt.plan)
     jaxgpt generate --workdir=DIR --prompt=TEXT [...]                                 (= python -m jaxgpt.generate)
     jaxgpt export hf|modalities --workdir=DIR --out=OUT [...]                         (= tools/export_*.py)
+    jaxgpt eval --workdir=DIR --task=NAME:KIND:PATH [...]   /   jaxgpt eval convert hellaswag IN OUT   (jaxgpt/evals)
     jaxgpt plot DIR [DIR ...] [--out F.png] [--layers]                                (= tools/plot_metrics.py)
     jaxgpt create_memmap_index IN.jsonl / create_packed_data ... IN.jsonl / inspect_pbin F.pbin   (= tools/*.py)
     jaxgpt data NAME ...   Modalities 0.5.0's data commands under their own names and flags
@@ -259,6 +260,30 @@ def _plot(a: argparse.Namespace) -> str:
     return plot_layers(a.dirs[0], a.out)
 
 
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    from jaxgpt.evals.run import add_flags
+
+    add_flags(p)
+
+
+def _eval(a: argparse.Namespace) -> str | None:
+    from jaxgpt.evals.run import run_command
+
+    return run_command(a)
+
+
+def _eval_convert_flags(p: argparse.ArgumentParser) -> None:
+    from jaxgpt.evals.convert import add_convert_flags
+
+    add_convert_flags(p)
+
+
+def _eval_convert(a: argparse.Namespace) -> None:
+    from jaxgpt.evals.convert import run_convert
+
+    run_convert(a)
+
+
 class Command(NamedTuple):
     help: str
     flags: Callable[[argparse.ArgumentParser], None]  # adds the command's arguments to its parser
@@ -268,11 +293,23 @@ class Command(NamedTuple):
 
 COMMANDS = {
     "generate": Command("sample text from a run's checkpoint (kv cache)", _generate_flags, _generate, (OSError,)),
+    "eval": Command(
+        "downstream tasks (multiple choice, cloze, perplexity) as lm-eval scores them; `eval convert` makes task files",
+        _eval_flags,
+        _eval,
+        (OSError,),
+    ),
     "plot": Command("draw metrics.jsonl: loss, lr, grad norm, tokens/s", _plot_flags, _plot),
     "create_memmap_index": Command("JSONL -> .idx", _create_memmap_index_flags, _create_memmap_index),
     "create_packed_data": Command("indexed JSONL -> .pbin", _create_packed_data_flags, _create_packed_data),
     "inspect_pbin": Command("a .pbin's header, documents, verdict", _inspect_pbin_flags, _inspect_pbin),
 }
+EVAL_CONVERT = Command(
+    "a published data set (HellaSwag, ARC, PIQA, LAMBADA) -> a jaxgpt task file",
+    _eval_convert_flags,
+    _eval_convert,
+    (OSError,),
+)
 EXPORTS = {
     "hf": Command("a native Hugging Face model folder", _export_hf_flags, _export_hf, (OSError,)),
     "modalities": Command(
@@ -313,6 +350,11 @@ def run(argv: list[str], prog: str = "jaxgpt") -> None:
         from jaxgpt.plan import entry as plan
 
         plan(argv[1:])
+        return
+    if argv[:2] == ["eval", "convert"]:  # a command of its own: `jaxgpt eval` requires --task, this one does not
+        commands = argparse.ArgumentParser(prog=prog).add_subparsers()
+        _add(commands, "convert", EVAL_CONVERT, prog=f"{prog} eval convert")
+        _execute(commands.choices["convert"].parse_args(argv[2:]))
         return
     _execute(parser(prog).parse_args(argv))
 

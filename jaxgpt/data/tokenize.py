@@ -177,13 +177,15 @@ class Tokenizer:
         """Id of `token` as HF's token_to_id finds it (added tokens, then the vocabulary), or None."""
         return self._impl.token_to_id(token) if self.backend == "hf" else _lookup_json(self.path, token)
 
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """Ids of each text as HF would give them (default special-token handling), as uint32 arrays."""
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[np.ndarray]:
+        """Ids of each text as HF would give them, as uint32 arrays. add_special_tokens: whether the tokenizer's
+        post-processor adds its tokens (a BOS, say; GPT-2's adds none, and tiktoken's path has no post-processor)."""
         if self.backend == "tiktoken":
             enc = self._impl
             allowed = enc.special_tokens_set
             return [enc.encode_to_numpy(t, allowed_special=allowed) for t in texts]
-        return [np.asarray(e.ids, dtype=np.uint32) for e in self._impl.encode_batch(texts, add_special_tokens=True)]
+        encoded = self._impl.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return [np.asarray(e.ids, dtype=np.uint32) for e in encoded]
 
     def unknown_ids(self, ids) -> np.ndarray:
         """The ids, in order, no token of this tokenizer has (tiktoken cannot decode them, HF decodes them as "")."""

@@ -1,0 +1,130 @@
+"""`evaluate_tasks` (for a notebook and the training loop) and the `jaxgpt eval` command.
+
+    jaxgpt eval --workdir=DIR [--step=N] --task=NAME:KIND:PATH[@N] [--task=...] [--batch_size=8] [--mesh=D,F,T]
+    jaxgpt eval --hf=FOLDER --task=... [--out=F.json]
+    jaxgpt eval convert hellaswag|arc|piqa|lambada IN OUT      (convert.py)
+
+The command prints a table and writes DIR/evals/step_<N>.json: per task, its metrics, their standard errors, the
+request count, the task file's sha256 and the seconds it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from jaxgpt.data.tokenize import EOD_TOKEN
+from jaxgpt.errors import EvalError, check_int
+from jaxgpt.evals.encode import Encoder, task_pairs
+from jaxgpt.evals.metrics import task_metrics
+from jaxgpt.evals.score import score_pairs
+from jaxgpt.evals.tasks import Task, TaskSpec, load_task, parse_specs
+
+BOOTSTRAP_ITERS = 100_000  # lm-eval's default resamples for the perplexity's standard error
+
+
+def evaluate_tasks(
+    model,
+    tokenizer,
+    tasks: list,
+    *,
+    batch_size: int = 8,
+    prefix_token: str = EOD_TOKEN,
+    bootstrap_iters: int = BOOTSTRAP_ITERS,
+    on_batch=lambda rows: None,
+) -> dict[str, dict]:
+    """{task name: {"metrics", "stderr", "requests", "sha256", "seconds"}} of each task for `model` (a GPT, from
+    `checkpoint.load`) on its mesh. tasks: Task objects, TaskSpecs or "NAME:KIND:PATH[@N]" strings. tokenizer: a
+    `jaxgpt.data.tokenize.Tokenizer`. prefix_token: what an empty context reads (lm-eval: the BOS, else the EOS)."""
+    check_int("batch_size", batch_size)
+    prefix = tokenizer.token_id(prefix_token)
+    if prefix is None:
+        raise EvalError(f"{tokenizer.path}: no token {prefix_token!r}, which an empty context reads (prefix_token)")
+    encoder = Encoder(tokenizer, prefix, model.cfg.seq_len)
+    out = {}
+    for task in _as_tasks(tasks):
+        t0 = time.perf_counter()
+        pairs = task_pairs(task, encoder)
+        ll, greedy = score_pairs(model, pairs, batch_size, on_batch)
+        result = task_metrics(task, pairs, ll, greedy, bootstrap_iters)
+        out[task.name] = {**result, "kind": task.kind, "path": task.spec.path, "sha256": task.sha256}
+        out[task.name]["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _as_tasks(tasks: list) -> list[Task]:
+    specs = [t for t in tasks if not isinstance(t, Task)]
+    parsed = iter(parse_specs([s for s in specs if isinstance(s, str)]))
+    out = []
+    for t in tasks:
+        out.append(t if isinstance(t, Task) else load_task(t if isinstance(t, TaskSpec) else next(parsed)))
+    names = [t.name for t in out]
+    if len(set(names)) < len(names):
+        raise EvalError(f"task names {names} repeat; names key the metrics")
+    return out
+
+
+def table(results: dict[str, dict]) -> str:
+    """The results as lm-eval prints them: task, metric, value, stderr, one line each."""
+    lines = [f"{'task':<20} {'metric':<16} {'value':>12} {'stderr':>10} {'n':>6}"]
+    for name, r in results.items():
+        for metric, value in r["metrics"].items():
+            err = r["stderr"][metric]
+            err = "N/A" if err is None else f"{err:.4f}"
+            lines.append(f"{name:<20} {metric:<16} {value:>12.4f} {err:>10} {r['requests']:>6}")
+    return "\n".join(lines)
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="a jaxgpt run directory: its newest checkpoint, or --step")
+    src.add_argument("--hf", help="a Hugging Face folder of a class jaxgpt imports (tools/export_hf.py writes one)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint step to evaluate (default: the newest)")
+    p.add_argument("--task", action="append", required=True, help="NAME:KIND:PATH[@N] (repeatable)")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (a row packs many requests)")
+    p.add_argument("--mesh", default="-1,1,1", help="DATA,FSDP,TENSOR over the local devices (default: all data)")
+    p.add_argument("--tokenizer_file", default=None, help="default: the run's (or the folder's) tokenizer.json")
+    p.add_argument("--bootstrap_iters", type=int, default=BOOTSTRAP_ITERS, help="resamples for the ppl's stderr")
+    p.add_argument("--out", default=None, help="the JSON to write (default: DIR/evals/step_<N>.json; --hf: none)")
+
+
+def run_command(args: argparse.Namespace) -> str | None:
+    """`jaxgpt eval`: loads the model, scores the tasks, prints the table and writes the JSON (returns its path)."""
+    import os
+
+    import jax
+
+    from jaxgpt import checkpoint, rundir, sharding
+    from jaxgpt.data.tokenize import load_tokenizer
+    from jaxgpt.io import atomic_output
+
+    specs = parse_specs(args.task)
+    tasks = [load_task(s) for s in specs]  # a bad task file fails before the model is read
+    mesh = sharding.make_mesh(*_mesh_flag(args.mesh), devices=jax.local_devices())
+    if args.hf:
+        from jaxgpt.interop.hf_model import load_hf
+
+        model = load_hf(args.hf, mesh)
+        step, tokenizer_file = None, args.tokenizer_file or rundir.tokenizer_path(args.hf)
+    else:
+        checkpoint.quiet_orbax_errors()
+        model, config, step = checkpoint.load_step(args.workdir, args.step, mesh)
+        tokenizer_file = rundir.find_tokenizer(args.workdir, args.tokenizer_file, config)
+    tokenizer = load_tokenizer(tokenizer_file)
+    results = evaluate_tasks(model, tokenizer, tasks, batch_size=args.batch_size, bootstrap_iters=args.bootstrap_iters)
+    print(table(results))
+    out = args.out or (None if args.hf else os.path.join(args.workdir, "evals", f"step_{step}.json"))
+    if out:
+        source = {"hf": args.hf} if args.hf else {"workdir": args.workdir, "step": step}
+        with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump({**source, "tasks": results}, f, indent=1, ensure_ascii=False)
+    return out
+
+
+def _mesh_flag(text: str) -> tuple[int, int, int]:
+    try:
+        data, fsdp, tensor = (int(x) for x in text.split(","))
+    except ValueError:
+        raise EvalError(f"--mesh={text!r} must be three ints DATA,FSDP,TENSOR") from None
+    return data, fsdp, tensor
