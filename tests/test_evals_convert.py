@@ -308,9 +308,11 @@ def test_equals_lm_eval_tasks(tmp_path):
         jobs.append(f"jaxgpt_{case}={yaml_file}={write_jsonl(tmp_path / f'{case}.jsonl', rows)}")
     (tmp_path / "tasks").mkdir()
     hf = str(tmp_path / "hf")  # offline, and its caches in the test's folder
-    env = {**os.environ, "HF_HOME": hf, "HF_DATASETS_CACHE": hf, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's own packages only
+    env.update(HF_HOME=hf, HF_DATASETS_CACHE=hf, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     cmd = [str(LMEVAL_PYTHON), "-c", LMEVAL_SCRIPT, str(tmp_path / "lm_eval.json"), str(tmp_path / "tasks"), *jobs]
-    subprocess.run(cmd, check=True, env=env, cwd=tmp_path, capture_output=True)
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
     lm_eval = json.loads((tmp_path / "lm_eval.json").read_text())
 
     for case, (_, name, rows) in LMEVAL_CASES.items():
