@@ -146,14 +146,20 @@ def test_the_bootstrap_replays_pythons_random_choices_exactly():
 
 
 def reference(model, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair, a forward over context + continuation alone (the model's own path, document masks included)."""
-    ll, greedy = [], []
-    for p in pairs:
+    """Per pair, a forward over context + continuation alone (the model's own path, document masks included), each
+    right-padded to the window: causal attention keeps padding after a token out of its logits, and one shape
+    compiles once."""
+    L = model.cfg.seq_len
+    inputs = np.zeros((len(pairs), L), np.int32)
+    for i, p in enumerate(pairs):
         tokens = list(p.context) + list(p.continuation)
-        logp = jax.nn.log_softmax(model(jnp.asarray([tokens[:-1]]))[0], axis=-1)
-        at = np.arange(len(p.context) - 1, len(tokens) - 1)
-        ll.append(float(np.sum(np.asarray(logp)[at, list(p.continuation)])))
-        greedy.append(bool(np.all(np.asarray(jnp.argmax(logp, -1))[at] == list(p.continuation))))
+        inputs[i, : len(tokens) - 1] = tokens[:-1]
+    logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(inputs)), axis=-1))
+    ll, greedy = [], []
+    for i, p in enumerate(pairs):
+        at = np.arange(len(p.context) - 1, len(p.context) + len(p.continuation) - 1)
+        ll.append(float(np.sum(logp[i, at, list(p.continuation)])))
+        greedy.append(bool(np.all(np.argmax(logp[i, at], -1) == list(p.continuation))))
     return np.asarray(ll), np.asarray(greedy)
 
 
