@@ -342,8 +342,8 @@ def load(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding
 
 
 def load_step(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None):
-    """Returns `(model, config, step)` from the newest intact (or the given) checkpoint in `workdir`, without the optimizer
-    state, and prints which step it loaded.
+    """Returns `(model, config, step)` from the newest intact (or the given) checkpoint in `workdir`, without the
+    optimizer state, and prints which step it loaded.
 
     The parameters land on `mesh`, by default the first local device, so a checkpoint written on 8 GPUs opens in a
     notebook on one CPU; pass a mesh (sharding.make_mesh) to spread a large model over several devices. `config` holds

@@ -96,6 +96,9 @@ class TrainConfig(Section):
     eval_every: int = knob(100, resumable=True)  # steps between evaluations (also one at the end)
     eval_batch_size: int = knob(0, resumable=True)  # sequences per eval batch (all hosts); 0: micro batch x replicas
     eval_steps: int = knob(0, resumable=True)  # batches per evaluation; 0: a full pass over the validation split
+    # Downstream tasks scored at every evaluation, after the validation loss: "NAME:KIND:PATH[@N]" specs joined by
+    # ",", or a list of them (jaxgpt/evals; docs/evaluation.md); "" = none
+    eval_tasks: str | tuple = knob("", resumable=True)
     # Steps between per-layer statistics (norms of params, grads, updates; block output RMS: train/layer_stats.py),
     # measured by a second jitted step on those steps only; 0: off, and the step is the plain one
     layer_stats_every: int = knob(0, resumable=True)
@@ -131,6 +134,7 @@ class TrainConfig(Section):
         check_int("train.eval_batch_size", self.eval_batch_size, minimum=0, hint=" (0: micro_batch_size * replicas)")
         check_int("train.eval_steps", self.eval_steps, minimum=0, hint=" (0: a full pass)")
         check_int("train.layer_stats_every", self.layer_stats_every, minimum=0, hint=" (0: off)")
+        object.__setattr__(self, "eval_tasks", task_specs(self.eval_tasks))
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ConfigError(f"train.peak_flops={self.peak_flops!r} must be > 0 (or None: the device table)")
         check_int("train.profile_memory_step", self.profile_memory_step, minimum=0, hint=" (0: off)")
@@ -217,6 +221,20 @@ class RunConfig:
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict) -> RunConfig:
         return cls(**{section.SECTION: section.from_config(cfg) for section in SECTIONS})
+
+
+def task_specs(value) -> tuple[str, ...]:
+    """train.eval_tasks as a tuple of "NAME:KIND:PATH[@N]" strings, each checked (not yet read: setup reads them)."""
+    from jaxgpt.evals.tasks import parse_specs
+
+    if isinstance(value, str):
+        specs = tuple(s.strip() for s in value.split(",") if s.strip())
+    elif isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
+        specs = tuple(value)
+    else:
+        raise ConfigError(f"train.eval_tasks={value!r} must be NAME:KIND:PATH specs joined by ',', or a list of them")
+    parse_specs(specs, "train.eval_tasks")
+    return specs
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -39,6 +39,9 @@ LAYERS_PLOT = "layers.png"  # plot_layers' default, beside metrics.png
 DRAWN = {"train": ("loss", "lr", "grad_norm", "tokens_per_s"), "eval": ("eval_loss",)}
 # An eval loss per data.val_mixture component, "eval_loss/<name>", drawn beside the total with these markers
 EVAL_PART, PART_MARKERS = "eval_loss/", "s^vDxP*"
+# A downstream task's metric, "eval/<task>/<metric>" (train.eval_tasks; jaxgpt/evals), and its "..._stderr"
+TASK, STDERR = "eval/", "_stderr"
+TASK_MARKERS = "os^vDxP*"
 # The per-layer statistics, "layers/<stat>/<layer>" in the "layers" events (jaxgpt/train/layer_stats.py's STATS)
 LAYERS, LAYER_STATS = "layers", ("param_norm", "grad_norm", "update_norm", "update_ratio", "act_rms")
 
@@ -59,6 +62,11 @@ class RunMetrics:
         events = self.train if kind == "train" else self.eval
         steps = [s for s, e in events.items() if key in e]
         return steps, [float(events[s][key]) for s in steps]
+
+    def task_metrics(self) -> list[str]:
+        """The downstream tasks' metric keys the run logged ("eval/<task>/<metric>"), in the order first logged."""
+        keys = dict.fromkeys(k for e in self.eval.values() for k in e if is_task_metric(k))
+        return list(keys)
 
     def eval_parts(self) -> list[str]:
         """The data.val_mixture components whose eval loss the run logged, in the order of their first event."""
@@ -110,14 +118,18 @@ def check_event(event, path: str, lineno: int) -> str | None:
                 raise MetricsError(f"{path}:{lineno}: {key}={value!r} is not a number")
     if kind not in REQUIRED:
         return kind
-    if REQUIRED[kind] not in event:
+    parts = [k for k in event if k.startswith(EVAL_PART) or k.startswith(TASK)] if kind == "eval" else []
+    if REQUIRED[kind] not in event and not any(is_task_metric(k) for k in parts):  # tasks alone: no validation data
         raise MetricsError(f"{path}:{lineno}: this {kind} event has no {REQUIRED[kind]!r}")
-    parts = [k for k in event if k.startswith(EVAL_PART)] if kind == "eval" else []
     for key in (*DRAWN[kind], *parts):
         value = event.get(key, 0.0)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise MetricsError(f"{path}:{lineno}: {key}={value!r} is not a number")
     return kind
+
+
+def is_task_metric(key: str) -> bool:
+    return key.startswith(TASK) and key.count("/") == 2 and not key.endswith(STDERR)
 
 
 def read_tokens_per_step(path: str) -> int | None:
@@ -194,12 +206,16 @@ class RunsFigure(Figure):
 
 def figure(runs: list[RunMetrics]) -> RunsFigure:
     """Loss (train solid, eval dashed), lr, grad norm and tokens/s against step; one colour per run."""
-    fig = RunsFigure(figsize=(12, 8), dpi=100)
+    tasks = any(run.task_metrics() for run in runs)  # a third row: the downstream tasks' curves
+    fig = RunsFigure(figsize=(12, 12 if tasks else 8), dpi=100)
     FigureCanvasAgg(fig)  # the canvas savefig renders on; attached here, so no pyplot backend is involved
     # Fixed margins (room for the tokens axis and the title above): a constrained layout doubles the drawing time,
     # 0.3 s more at the end of every run.
-    grid = {"left": 0.07, "right": 0.98, "bottom": 0.07, "top": 0.87, "hspace": 0.22, "wspace": 0.2}
-    ax_loss, ax_lr, ax_grad, ax_speed = fig.subplots(2, 2, sharex=True, gridspec_kw=grid).flat
+    grid = {"left": 0.07, "right": 0.98, "bottom": 0.05, "top": 0.9 if tasks else 0.87, "hspace": 0.22, "wspace": 0.2}
+    axes = fig.subplots(3 if tasks else 2, 2, sharex=True, gridspec_kw=grid).flat
+    ax_loss, ax_lr, ax_grad, ax_speed = axes[:4]
+    if tasks:
+        task_panels(axes[4], axes[5], runs)
     for i, run in enumerate(runs):
         color, name = f"C{i % 10}", run.label if len(runs) > 1 else ""
         ax_loss.plot(*run.series("train", "loss"), color=color, label=f"{name} train".strip())
@@ -222,7 +238,7 @@ def figure(runs: list[RunMetrics]) -> RunsFigure:
     # The first logged step of a run, and of every resume, includes compilation and runs 10-100x slower: on a log
     # axis the steady state stays readable next to it.
     ax_speed.set(title="throughput", ylabel="tokens/s", yscale="log")
-    for ax in (ax_grad, ax_speed):
+    for ax in axes[-2:]:
         ax.set_xlabel("step")
     ax_grad.xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all four panels
     ax_loss.legend()
@@ -232,6 +248,22 @@ def figure(runs: list[RunMetrics]) -> RunsFigure:
         fig.suptitle(runs[0].label)
     tokens_axis(ax_loss, runs)
     return fig
+
+
+def task_panels(ax_acc, ax_ppl, runs: list[RunMetrics]) -> None:
+    """The downstream tasks' curves: accuracies on the left, perplexities and bits per byte on the right (log)."""
+    for i, run in enumerate(runs):
+        color, name = f"C{i % 10}", run.label if len(runs) > 1 else ""
+        for j, key in enumerate(run.task_metrics()):
+            _, task, metric = key.split("/")
+            ax = ax_acc if metric.startswith("acc") else ax_ppl
+            marker = TASK_MARKERS[j % len(TASK_MARKERS)]
+            ax.plot(*run.series("eval", key), f"{marker}-", color=color, label=f"{name} {task} {metric}".strip())
+    ax_acc.set(title="downstream tasks: accuracy", ylabel="accuracy")
+    ax_ppl.set(title="downstream tasks: perplexity, bits per byte", yscale="log")
+    for ax in (ax_acc, ax_ppl):
+        if ax.lines:
+            ax.legend(fontsize="small")
 
 
 def tokens_axis(ax, runs: list[RunMetrics]) -> None:

@@ -9,6 +9,7 @@
     DIR/tokenizer.json  the tokenizer the data was packed with, copied at the run's start: the workdir alone generates
     DIR/wandb/          the W&B run (offline by default), and wandb_run_id, which a resume continues
     DIR/profile/        jax.profiler traces and device memory profiles, when asked for (train/profile.py)
+    DIR/evals/          `jaxgpt eval`'s step_<N>.json; tasks.json: the sha256 of each train.eval_tasks file, by name
 
 This module imports only the standard library (plots.py reads a workdir without jax); `exclusive` imports jax.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -32,12 +34,24 @@ PLOT = "metrics.png"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 PROFILE = "profile"
+TASKS = os.path.join("evals", "tasks.json")  # {task name: sha256} of the files train.eval_tasks has scored
 CHAT_TEMPLATE = "chat_template.yaml"  # data.chat_template_file's copy: generate --chat renders with it
 
 
 def path(workdir: str | os.PathLike, name: str) -> str:
     """DIR/name, absolute."""
     return os.path.join(os.path.abspath(os.fspath(workdir)), name)
+
+
+def recorded_tasks(workdir: str | os.PathLike) -> dict[str, str]:
+    """{task name: sha256} of the task files the run in `workdir` has scored (DIR/evals/tasks.json), or {}."""
+    try:
+        with open(path(workdir, TASKS), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise JaxgptError(f"{path(workdir, TASKS)}: cannot be read ({e}); it records the run's task files") from None
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:

@@ -19,9 +19,41 @@ from jaxgpt.errors import EvalError, check_int
 from jaxgpt.evals.encode import Encoder, task_pairs
 from jaxgpt.evals.metrics import task_metrics
 from jaxgpt.evals.score import score_pairs
-from jaxgpt.evals.tasks import Task, TaskSpec, load_task, parse_specs
+from jaxgpt.evals.tasks import Task, TaskSpec, check_unchanged, load_task, parse_specs
 
 BOOTSTRAP_ITERS = 100_000  # lm-eval's default resamples for the perplexity's standard error
+
+
+class TaskSet:
+    """Tasks read, checked and turned into token pairs once (a run's train.eval_tasks: before step 1, so a bad request
+    fails then), scored whenever asked. The files must not change meanwhile: each call checks their hashes."""
+
+    def __init__(self, tasks: list, tokenizer, window: int, prefix_token: str = EOD_TOKEN):
+        """tasks: Task objects, TaskSpecs or "NAME:KIND:PATH[@N]" strings; window: the model's seq_len."""
+        prefix = tokenizer.token_id(prefix_token)
+        if prefix is None:
+            raise EvalError(f"{tokenizer.path}: no token {prefix_token!r}, which an empty context reads (prefix_token)")
+        encoder = Encoder(tokenizer, prefix, window)
+        self.tasks = _as_tasks(tasks)
+        self.pairs = [task_pairs(task, encoder) for task in self.tasks]
+
+    def tokens(self) -> int:
+        """Tokens one evaluation reads: each distinct context once, then every continuation."""
+        contexts = {p.context for pairs in self.pairs for p in pairs}
+        return sum(map(len, contexts)) + sum(len(p.continuation) - 1 for pairs in self.pairs for p in pairs)
+
+    def __call__(self, model, *, batch_size: int = 8, bootstrap_iters: int = BOOTSTRAP_ITERS, on_batch=None):
+        """{task name: {"metrics", "stderr", "requests", "kind", "path", "sha256", "seconds"}} for `model`."""
+        check_int("batch_size", batch_size)
+        out = {}
+        for task, pairs in zip(self.tasks, self.pairs):
+            check_unchanged(task)
+            t0 = time.perf_counter()
+            ll, greedy = score_pairs(model, pairs, batch_size, on_batch or (lambda rows: None))
+            result = task_metrics(task, pairs, ll, greedy, bootstrap_iters)
+            out[task.name] = {**result, "kind": task.kind, "path": task.spec.path, "sha256": task.sha256}
+            out[task.name]["seconds"] = round(time.perf_counter() - t0, 3)
+        return out
 
 
 def evaluate_tasks(
@@ -32,36 +64,32 @@ def evaluate_tasks(
     batch_size: int = 8,
     prefix_token: str = EOD_TOKEN,
     bootstrap_iters: int = BOOTSTRAP_ITERS,
-    on_batch=lambda rows: None,
 ) -> dict[str, dict]:
-    """{task name: {"metrics", "stderr", "requests", "sha256", "seconds"}} of each task for `model` (a GPT, from
-    `checkpoint.load`) on its mesh. tasks: Task objects, TaskSpecs or "NAME:KIND:PATH[@N]" strings. tokenizer: a
-    `jaxgpt.data.tokenize.Tokenizer`. prefix_token: what an empty context reads (lm-eval: the BOS, else the EOS)."""
-    check_int("batch_size", batch_size)
-    prefix = tokenizer.token_id(prefix_token)
-    if prefix is None:
-        raise EvalError(f"{tokenizer.path}: no token {prefix_token!r}, which an empty context reads (prefix_token)")
-    encoder = Encoder(tokenizer, prefix, model.cfg.seq_len)
-    out = {}
-    for task in _as_tasks(tasks):
-        t0 = time.perf_counter()
-        pairs = task_pairs(task, encoder)
-        ll, greedy = score_pairs(model, pairs, batch_size, on_batch)
-        result = task_metrics(task, pairs, ll, greedy, bootstrap_iters)
-        out[task.name] = {**result, "kind": task.kind, "path": task.spec.path, "sha256": task.sha256}
-        out[task.name]["seconds"] = round(time.perf_counter() - t0, 3)
-    return out
+    """{task name: {"metrics", "stderr", "requests", "kind", "path", "sha256", "seconds"}} of each task for `model` (a
+    GPT, from `checkpoint.load`), on its mesh. tasks: Task objects, TaskSpecs or "NAME:KIND:PATH[@N]" strings.
+    tokenizer: a `jaxgpt.data.tokenize.Tokenizer`. prefix_token: what an empty context reads (lm-eval: the model's
+    BOS, else its EOS; jaxgpt's exports make <|endoftext|> both)."""
+    tasks = TaskSet(tasks, tokenizer, model.cfg.seq_len, prefix_token)
+    return tasks(model, batch_size=batch_size, bootstrap_iters=bootstrap_iters)
 
 
 def _as_tasks(tasks: list) -> list[Task]:
-    specs = [t for t in tasks if not isinstance(t, Task)]
-    parsed = iter(parse_specs([s for s in specs if isinstance(s, str)]))
-    out = []
-    for t in tasks:
-        out.append(t if isinstance(t, Task) else load_task(t if isinstance(t, TaskSpec) else next(parsed)))
+    specs = iter(parse_specs([t for t in tasks if isinstance(t, str)]))
+    out = [t if isinstance(t, Task) else load_task(t if isinstance(t, TaskSpec) else next(specs)) for t in tasks]
     names = [t.name for t in out]
     if len(set(names)) < len(names):
         raise EvalError(f"task names {names} repeat; names key the metrics")
+    return out
+
+
+def flat_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """The results as metrics.jsonl and W&B keys: eval/<task>/<metric>, and eval/<task>/<metric>_stderr."""
+    out = {}
+    for name, r in results.items():
+        for metric, value in r["metrics"].items():
+            out[f"eval/{name}/{metric}"] = value
+            if r["stderr"][metric] is not None:
+                out[f"eval/{name}/{metric}_stderr"] = r["stderr"][metric]
     return out
 
 
@@ -101,7 +129,11 @@ def run_command(args: argparse.Namespace) -> str | None:
 
     specs = parse_specs(args.task)
     tasks = [load_task(s) for s in specs]  # a bad task file fails before the model is read
-    mesh = sharding.make_mesh(*_mesh_flag(args.mesh), devices=jax.local_devices())
+    sizes = _mesh_flag(args.mesh)
+    devices = jax.local_devices()
+    if -1 not in sizes:  # a mesh of fixed sizes takes the first devices: 1,1,1 is one device of many
+        devices = devices[: sizes[0] * sizes[1] * sizes[2]]
+    mesh = sharding.make_mesh(*sizes, devices=devices)
     if args.hf:
         from jaxgpt.interop.hf_model import load_hf
 

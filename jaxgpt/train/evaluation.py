@@ -13,6 +13,7 @@ from jaxgpt import sharding
 from jaxgpt.data.loader import pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
 from jaxgpt.distributed import lead_says
+from jaxgpt.evals.run import flat_metrics
 
 
 def evaluate(
@@ -74,38 +75,61 @@ class Schedule:
     batches: int  # batches of one evaluation, all data.val_mixture components together (0: no validation data)
     eval_batch: int  # sequences per batch
     max_batches: int  # train.eval_steps (0: a full pass)
+    tasks: int = 0  # train.eval_tasks: downstream tasks scored after the validation loss (0: none)
+    task_tokens: int = 0  # tokens those tasks read per evaluation (each distinct context once)
 
     def due(self, step: int) -> bool:
-        return self.batches > 0 and (step % self.every == 0 or step == self.last)
+        return (self.batches > 0 or self.tasks > 0) and (step % self.every == 0 or step == self.last)
 
     def cost(self, tokens_per_step: int, seq_len: int) -> str:
         """The banner's line on evaluation: on CPU a full validation pass can cost far more than a short run's steps."""
-        if not self.batches:
+        if not self.batches and not self.tasks:
             return "evaluation: none (data.val_path is empty)"
-        tokens = self.batches * self.eval_batch * seq_len
         count = len(set(range(self.every, self.last + 1, self.every)) | {self.last})
-        return (
-            f"evaluation: {self.batches} batches of {self.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
-            f" {tokens / tokens_per_step:,.1f} steps' tokens) every {self.every} steps and at the last: {count} in all"
-            + ("" if self.max_batches else "; train.eval_steps=N caps it at N batches")
-        )
+        tokens = self.batches * self.eval_batch * seq_len
+        parts = []
+        if self.batches:
+            parts.append(
+                f"{self.batches} batches of {self.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
+                f" {tokens / tokens_per_step:,.1f} steps' tokens)"
+                + ("" if self.max_batches else "; train.eval_steps=N caps it at N batches")
+            )
+        if self.tasks:
+            parts.append(
+                f"{self.tasks} downstream task{'s' * (self.tasks > 1)} ({self.task_tokens:,} tokens, the forward passes"
+                f" of {self.task_tokens / tokens_per_step:,.1f} steps' tokens; train.eval_tasks=NAME:KIND:PATH@N"
+                " scores the first N requests)"
+            )
+        return f"evaluation every {self.every} steps and at the last, {count} in all: " + "; then ".join(parts)
 
 
 class Evaluation:
     """Evaluating a run's params when its schedule says, into the recorder."""
 
-    def __init__(self, schedule: Schedule, eval_step, sources: dict[str, PackedWindowSource], mesh, recorder):
-        """sources: Setup.val_sets."""
+    def __init__(
+        self, schedule: Schedule, eval_step, sources: dict[str, PackedWindowSource], mesh, recorder, tasks=None
+    ):
+        """sources: Setup.val_sets; tasks: (Setup.tasks, the function from params to their GPT), or None."""
         self.schedule, self.eval_step, self.sources = schedule, eval_step, sources
-        self.mesh, self.recorder = mesh, recorder
+        self.mesh, self.recorder, self.tasks = mesh, recorder, tasks
 
     def due(self, step: int) -> bool:
         return self.schedule.due(step)
 
     def __call__(self, step: int, params) -> None:
-        s = self.schedule
-        with self.recorder.evaluating(step, s.batches) as on_batch, self.recorder.goodput.timing("eval"):
-            got = evaluate_sets(self.eval_step, params, self.sources, s.eval_batch, self.mesh, s.max_batches, on_batch)
+        s, got = self.schedule, {}
+        with self.recorder.goodput.timing("eval"):
+            if s.batches:
+                with self.recorder.evaluating(step, s.batches) as on_batch:
+                    got = evaluate_sets(
+                        self.eval_step, params, self.sources, s.eval_batch, self.mesh, s.max_batches, on_batch
+                    )
+            if self.tasks is not None:
+                task_set, model_of = self.tasks
+                with self.recorder.evaluating(step, None) as on_batch:
+                    results = task_set(model_of(params), batch_size=s.eval_batch, on_batch=lambda rows: on_batch())
+                got.update(flat_metrics(results))
+                self.recorder.record_tasks({name: r["sha256"] for name, r in results.items()})
         self.recorder.eval(step, got)
 
     def missed(self, start_step: int) -> bool:

@@ -86,7 +86,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
         )
         step_for = train_steps(layout, r.config.train.layer_stats_every, recorder.goodput)
         eval_fn = step.make_eval_step(layout) if r.val_sets else None
-        evaluation = Evaluation(schedule, eval_fn, r.val_sets, r.mesh, recorder)
+        tasks = None if r.tasks is None else (r.tasks, layout.model)
+        evaluation = Evaluation(schedule, eval_fn, r.val_sets, r.mesh, recorder, tasks)
         if evaluation.missed(start_step):
             evaluation(start_step, state.params)
         batches = pipeline.train_batches(
@@ -107,7 +108,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None 
 
 def eval_schedule(r: Setup) -> Schedule:
     t = r.config.train
-    return Schedule(t.eval_every, r.plan.num_steps, r.eval_batches, r.plan.eval_batch, t.eval_steps)
+    tasks, task_tokens = (0, 0) if r.tasks is None else (len(r.tasks.tasks), r.tasks.tokens())
+    return Schedule(t.eval_every, r.plan.num_steps, r.eval_batches, r.plan.eval_batch, t.eval_steps, tasks, task_tokens)
 
 
 def train_steps(layout: StateLayout, layer_stats_every: int, goodput: Goodput) -> Callable[[int], Callable]:

@@ -147,7 +147,7 @@ class Recorder(contextlib.ExitStack):
         started: time.perf_counter() when the run started (goodput's start-up; default: now); epochs: step -> each
         data.mixture component's passes over its windows so far (Mixture.epochs), logged with the train metrics."""
         super().__init__()
-        self.cadence, self.checkpoints, self.epochs = cadence, checkpoints, epochs
+        self.cadence, self.checkpoints, self.epochs, self.workdir = cadence, checkpoints, epochs, workdir
         self.metrics = MetricsLog(rundir.path(workdir, rundir.METRICS), start_step)
         self.callback(self.metrics.close)
         goodput_path = rundir.path(workdir, rundir.GOODPUT) if is_lead() else None
@@ -203,8 +203,17 @@ class Recorder(contextlib.ExitStack):
             passes = ", ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in self.epochs(done).items())
             self.bar.write(f"epochs per mixture component after step {done}: {passes}")
 
+    def record_tasks(self, hashes: dict[str, str]) -> None:
+        """DIR/evals/tasks.json (process 0): each downstream task's file hash, which a resume must find unchanged."""
+        if not is_lead():
+            return
+        path = rundir.path(self.workdir, rundir.TASKS)
+        merged = {**rundir.recorded_tasks(self.workdir), **hashes}
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(merged, f, indent=1)
+
     @contextlib.contextmanager
-    def evaluating(self, done: int, num_batches: int):
+    def evaluating(self, done: int, num_batches: int | None):
         """Yields a callback counting evaluation batches into a second bar under the training one, so that a long
         validation pass shows as evaluation, not as a training step that stalls."""
         previous = self.bar.postfix
@@ -224,9 +233,14 @@ class Recorder(contextlib.ExitStack):
             self.bar.set_postfix_str(previous or "", refresh=False)
 
     def eval(self, done: int, scores: dict) -> None:
+        """The eval event: the validation loss (without validation data, none) and the downstream tasks' metrics."""
         event = {"event": "eval", "step": done, **scores}
-        parts = "".join(f"  {k}: {v:.4f}" for k, v in scores.items() if k.startswith("eval_loss/"))
-        self.bar.write(f"step {done}: eval_loss {event['eval_loss']:.4f}  eval_ppl {event['eval_ppl']:.2f}{parts}")
+        shown = []
+        if "eval_loss" in scores:
+            shown.append(f"eval_loss {scores['eval_loss']:.4f}  eval_ppl {scores['eval_ppl']:.2f}")
+        shown += [f"{k}: {v:.4f}" for k, v in scores.items() if k.startswith("eval_loss/")]
+        shown += [f"{k[5:]} {v:.4f}" for k, v in scores.items() if k.startswith("eval/") and not k.endswith("_stderr")]
+        self.bar.write(f"step {done}: " + "  ".join(shown))
         self._emit("eval", event)
         self._since = (time.perf_counter(), done)  # evaluation time is not training throughput
 

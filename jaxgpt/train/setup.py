@@ -14,12 +14,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import model, sharding
+from jaxgpt import model, rundir, sharding
 from jaxgpt.config import RunConfig, TrainConfig
 from jaxgpt.data.loader import mixture, pipeline
 from jaxgpt.data.loader.source import PackedWindowSource
 from jaxgpt.data.tokenize import EOD_TOKEN, Tokenizer, load_tokenizer
-from jaxgpt.errors import ConfigError, PackedDataError, check_int
+from jaxgpt.errors import ConfigError, EvalError, PackedDataError, check_int
+from jaxgpt.evals.run import TaskSet
 from jaxgpt.train import optim
 from jaxgpt.train.state import StepConfig
 
@@ -58,6 +59,7 @@ class Setup:
     peak_flops: float  # of all devices together, for MFU
     records_tokenizer: bool  # data.tokenizer_file fits the model: copied to DIR/tokenizer.json
     val_parts: dict[str, PackedWindowSource] = dataclasses.field(default_factory=dict)  # data.val_mixture's windows
+    tasks: TaskSet | None = None  # train.eval_tasks, read and encoded; None: none
 
     @property
     def val_sets(self) -> dict[str, PackedWindowSource]:
@@ -100,6 +102,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         check_eod_token(tokenizer, d.tokenizer_file, config.model.eod_token_id)
     if d.chat_template_file:  # a bad template fails now, not when the finished run is asked to chat
         check_chat_template(d.chat_template_file)
+    tasks = open_tasks(config, tokenizer, workdir)
     for src in [*val_parts.values(), *([val_src] if val_src is not None else [])]:  # one of the two, or neither
         check_validation_windows(src, config.train.eval_steps * plan.eval_batch)
     step_cfg = StepConfig.from_config(cfg, plan.num_steps, mask_ids).resolved(mesh.devices.flat[0].platform)
@@ -131,7 +134,29 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, stop_after: int | None) 
         peak_flops=model.total_peak_flops(peak_flops(config), jax.devices()),
         records_tokenizer=records_tokenizer,
         val_parts=val_parts,
+        tasks=tasks,
     )
+
+
+def open_tasks(config: RunConfig, tokenizer: Tokenizer, workdir: str) -> TaskSet | None:
+    """train.eval_tasks read, checked and encoded with data.tokenizer_file; a task whose file differs from the one
+    this run evaluated before under that name (DIR/evals/tasks.json) is refused: its curve would mix two tasks."""
+    if not config.train.eval_tasks:
+        return None
+    try:
+        tasks = TaskSet(list(config.train.eval_tasks), tokenizer, config.data.seq_len)
+    except EvalError as e:
+        raise ConfigError(f"train.eval_tasks: {e}") from None
+    before = rundir.recorded_tasks(workdir)
+    record = rundir.path(workdir, rundir.TASKS)
+    for task in tasks.tasks:
+        if before.get(task.name, task.sha256) != task.sha256:
+            raise ConfigError(
+                f"train.eval_tasks: {task.spec.path} is not the file this run evaluated as {task.name!r} before"
+                f" (sha256 {before[task.name][:12]}... in {record}, now {task.sha256[:12]}...);"
+                " give the new file another name"
+            )
+    return tasks
 
 
 def make_plan(config: RunConfig, mesh, train_src: PackedWindowSource | mixture.Mixture) -> Plan:
