@@ -86,3 +86,18 @@ def test_bad_task_settings_fail_before_the_run_starts(tmp_path):
     with pytest.raises(ConfigError, match=r"train.eval_tasks: .*bad.jsonl:1: field 'label'=5 is outside"):
         train.run(tiny_config(**{"train.eval_tasks": f"b:multiple_choice:{bad}"}), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_jaxgpt_eval_of_an_hf_export_equals_the_workdir(run, tasks, tmp_path, capsys):
+    """--hf=FOLDER reads the exported folder back through the same scoring: the numbers of the checkpoint."""
+    from jaxgpt.interop.export import to_hf
+
+    folder = str(tmp_path / "hf")
+    to_hf(run, folder, step=6)
+    out = str(tmp_path / "hf.json")
+    cli.run(["eval", f"--hf={folder}", *(f"--task={t}" for t in tasks), f"--out={out}", "--mesh=2,1,1"])
+    with open(out) as f:
+        from_hf = flat_metrics(json.load(f)["tasks"])
+    model, _ = checkpoint.load(run, 6)
+    direct = flat_metrics(evaluate_tasks(model, load_tokenizer(rundir.tokenizer_path(run)), tasks))
+    assert from_hf == pytest.approx(direct, rel=1e-5)

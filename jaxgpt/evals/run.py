@@ -135,7 +135,7 @@ def run_command(args: argparse.Namespace) -> str | None:
         devices = devices[: sizes[0] * sizes[1] * sizes[2]]
     mesh = sharding.make_mesh(*sizes, devices=devices)
     if args.hf:
-        from jaxgpt.interop.hf_model import load_hf
+        from jaxgpt.interop.hf_import import load_hf
 
         model = load_hf(args.hf, mesh)
         step, tokenizer_file = None, args.tokenizer_file or rundir.tokenizer_path(args.hf)
