@@ -22,7 +22,10 @@ for split in train test; do
     --tokenizer_file data/tokenizer/tokenizer.json data/raw/$name.jsonl
 done
 
-flags=(--config.train.eval_steps="$EVAL_STEPS")
+# A tiny downstream task scored at each evaluation (50 cloze requests from the validation split: tools/make_sample_tasks.py);
+# EVAL_TASKS= turns it off, or names your own (NAME:KIND:PATH, joined by ",": docs/evaluation.md).
+EVAL_TASKS=${EVAL_TASKS-redpajama_cloze:cloze:data/evals/redpajama_cloze.jsonl}
+flags=(--config.train.eval_steps="$EVAL_STEPS" --config.train.eval_tasks="$EVAL_TASKS")
 if [ "$STEPS" != 0 ]; then
   flags+=(--config.train.num_steps="$STEPS" --config.train.eval_every="$STEPS")
   echo "getting_started: training gpt60m for $STEPS steps only, evaluating on $EVAL_STEPS validation batches" \

@@ -158,9 +158,11 @@ def lambada(row: _Row) -> dict:
 
 CONVERTERS: dict[str, Callable[[_Row], dict]] = {
     "hellaswag": hellaswag,
+    "arc": arc,  # ARC Easy and Challenge share one format and lm-eval's preprocessing: the names say which file
     "arc_easy": arc,
     "arc_challenge": arc,
     "piqa": piqa,
+    "lambada": lambada,  # = lambada_openai: lm-eval's task of that name reads the same {"text"} rows
     "lambada_openai": lambada,
 }
 
