@@ -40,12 +40,12 @@ class Encoder:
 
     def ids(self, texts: list[str], specials: bool = True) -> list[list[int]]:
         """Ids of each text (batched: the tokenizer runs once per call)."""
-        plain = [not specials or t.startswith(self.prefix_text) for t in texts]
+        with_specials = [specials and not t.startswith(self.prefix_text) for t in texts]
         out: list[list[int] | None] = [None] * len(texts)
-        for flag in (False, True):
-            index = [i for i, p in enumerate(plain) if p == flag]
+        for add in (True, False):  # one batch each way
+            index = [i for i, w in enumerate(with_specials) if w == add]
             if index:
-                encoded = self.tokenizer.encode_batch([texts[i] for i in index], add_special_tokens=not flag)
+                encoded = self.tokenizer.encode_batch([texts[i] for i in index], add_special_tokens=add)
                 for i, ids in zip(index, encoded):
                     out[i] = [int(t) for t in ids]
         return out

@@ -29,6 +29,8 @@ from flax import nnx
 
 from jaxgpt import sharding
 from jaxgpt.evals.encode import Pair
+from jaxgpt.generate import model_mesh
+from jaxgpt.interop.params import on_host
 from jaxgpt.model import GPT
 from jaxgpt.model.attention import Slots
 from jaxgpt.model.gpt import Context
@@ -157,8 +159,6 @@ def score_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(log-likelihood float64 [P], is_greedy bool [P]) of each pair's continuation, on the model's mesh. batch_size:
     rows per forward pass, rounded up to a multiple of the mesh's batch shards. on_batch(rows): after each batch."""
-    from jaxgpt.generate import model_mesh
-
     cfg, mesh = model.cfg, model_mesh(model)
     shards = sharding.data_parallel_size(mesh)
     B = math.ceil(batch_size / shards) * shards
@@ -175,8 +175,8 @@ def score_pairs(
             pending.append((_score_rows(graphdef, params, placed, mesh=mesh), pairs_BxK, len(chunk)))
     for (ll_BxK, greedy_BxK), pairs_BxK, n in pending:  # every batch is dispatched before the first is read back
         real = pairs_BxK >= 0
-        np.add.at(ll, pairs_BxK[real], np.asarray(ll_BxK, np.float64)[real])
-        np.logical_and.at(greedy, pairs_BxK[real], np.asarray(greedy_BxK)[real])
+        np.add.at(ll, pairs_BxK[real], on_host(ll_BxK).astype(np.float64)[real])  # rows of every host
+        np.logical_and.at(greedy, pairs_BxK[real], on_host(greedy_BxK)[real])
         on_batch(n)
     return ll, greedy
 
