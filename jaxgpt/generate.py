@@ -368,11 +368,7 @@ def run_command(args: argparse.Namespace) -> None:
     """`jaxgpt generate` (jaxgpt/cli.py parses the flags): completions printed, and written as JSONL if asked."""
     prompts = [] if args.chat else read_prompts(args)
     Sampling(args.temperature, args.top_k, args.top_p)  # bad flags fail before the checkpoint is read
-    try:
-        data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
-    except ValueError:  # int() of the flag's text, or not three of them
-        raise ConfigError(f"--mesh={args.mesh!r} must be three ints DATA,FSDP,TENSOR") from None
-    mesh = sharding.make_mesh(data, fsdp, tensor, devices=jax.local_devices())
+    mesh = sharding.mesh_flag(args.mesh)
     checkpoint.quiet_orbax_errors()
     if args.chat:
         return _run_chat(args, mesh)

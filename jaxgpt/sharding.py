@@ -72,6 +72,21 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 
 
+def mesh_flag(text: str, devices=None) -> Mesh:
+    """The mesh of a command's --mesh=DATA,FSDP,TENSOR over `devices` (default: the local ones). Sizes without a -1
+    take the first devices: --mesh=1,1,1 is one device of many."""
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:  # int() of the flag's text
+        sizes = ()
+    if len(sizes) != 3:
+        raise ConfigError(f"--mesh={text!r} must be three ints DATA,FSDP,TENSOR (-1: the devices left over)")
+    devices = list(jax.local_devices() if devices is None else devices)
+    if -1 not in sizes:
+        devices = devices[: math.prod(sizes)]
+    return make_mesh(*sizes, devices=devices)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of [G, T] token arrays: rows over data x fsdp."""
     return NamedSharding(mesh, logical_spec("batch", "seq"))

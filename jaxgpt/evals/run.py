@@ -121,19 +121,13 @@ def run_command(args: argparse.Namespace) -> str | None:
     """`jaxgpt eval`: loads the model, scores the tasks, prints the table and writes the JSON (returns its path)."""
     import os
 
-    import jax
-
     from jaxgpt import checkpoint, rundir, sharding
     from jaxgpt.data.tokenize import load_tokenizer
     from jaxgpt.io import atomic_output
 
     specs = parse_specs(args.task)
     tasks = [load_task(s) for s in specs]  # a bad task file fails before the model is read
-    sizes = _mesh_flag(args.mesh)
-    devices = jax.local_devices()
-    if -1 not in sizes:  # a mesh of fixed sizes takes the first devices: 1,1,1 is one device of many
-        devices = devices[: sizes[0] * sizes[1] * sizes[2]]
-    mesh = sharding.make_mesh(*sizes, devices=devices)
+    mesh = sharding.mesh_flag(args.mesh)
     if args.hf:
         from jaxgpt.interop.hf_import import load_hf
 
@@ -152,11 +146,3 @@ def run_command(args: argparse.Namespace) -> str | None:
         with atomic_output(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump({**source, "tasks": results}, f, indent=1, ensure_ascii=False)
     return out
-
-
-def _mesh_flag(text: str) -> tuple[int, int, int]:
-    try:
-        data, fsdp, tensor = (int(x) for x in text.split(","))
-    except ValueError:
-        raise EvalError(f"--mesh={text!r} must be three ints DATA,FSDP,TENSOR") from None
-    return data, fsdp, tensor
