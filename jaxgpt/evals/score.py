@@ -12,9 +12,9 @@ hidden states of scored slots go through the vocab projection and its log-softma
 narrow as gpt60m a slot's projection costs about as much as all its blocks (BENCHMARKS.md, evaluation), and of a
 context only the last slot scores anything.
 
-Segments are packed into rows of a bucket of slots (BUCKET, twice that, ... up to the model's seq_len), rows into
-batches of a fixed size split over the mesh's batch axes; a batch's K is the smallest of a ladder of sizes that holds
-its fullest row's scores. The jitted function compiles once per (bucket, width), never per request. The
+Segments are packed into rows of a bucket of slots (BUCKET, 1.5 and 2 times that, ... up to the model's seq_len),
+rows into batches of a fixed size split over the mesh's batch axes; a batch's K is the smallest of a like ladder that
+holds its fullest row's scores. The jitted function compiles once per (bucket, width), never per request. The
 attention mask comes from three ids per slot, built here; no [T, T] mask crosses from the host.
 """
 
@@ -36,7 +36,7 @@ from jaxgpt.model import GPT
 from jaxgpt.model.attention import Slots
 from jaxgpt.model.gpt import Context
 
-BUCKET = 64  # the smallest row length; the others double it, up to the model's seq_len
+BUCKET = 64  # the shortest row; the others grow by 1.5x and 2x in turn (ladder), up to the model's seq_len
 # The narrowest batch of scores per row (K); the others grow as the rows do, up to 2T (a row scores at most its T
 # slots plus one first token per branch). A cloze row scores a few of its slots, a multiple-choice row about half.
 SCORE_WIDTH = 8
@@ -116,9 +116,8 @@ def ladder(first: int, stop: int) -> list[int]:
 
 
 def buckets(max_len: int) -> list[int]:
-    """Row lengths: BUCKET, 2 * BUCKET, ... below max_len, then max_len."""
-    sizes = [BUCKET << i for i in range(max(0, math.ceil(math.log2(max_len / BUCKET))))]
-    return [s for s in sizes if s < max_len] + [max_len]
+    """Row lengths: the ladder from BUCKET below max_len, then max_len."""
+    return ladder(BUCKET, max_len) + [max_len]
 
 
 def pack(segs: list[Segment], max_len: int) -> dict[int, list[list[Segment]]]:
