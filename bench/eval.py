@@ -58,18 +58,21 @@ _VENV = flags.DEFINE_string("lmeval_venv", "", "default: .bench_cache/lmeval-ven
 _TOKENIZER = flags.DEFINE_string("tokenizer_file", str(REPO / "data" / "tokenizer" / "tokenizer.json"), "tokenizer")
 CHOICES = 4
 CONTEXT_TOKENS, CHOICE_TOKENS = (60, 100), (15, 35)  # HellaSwag's validation set, GPT-2 tokens, roughly
+MAX_WORD_TOKENS = 4
 
 
 def word_pool(tokenizer) -> tuple[list[str], np.ndarray]:
-    """The words of data/raw in order, and each one's GPT-2 tokens after a space (a space-joined run of words costs
-    their sum: the tokenizer splits text at spaces before merging)."""
+    """The words of data/raw in order, without those of more than MAX_WORD_TOKENS tokens (URLs, run-together strings),
+    and each one's GPT-2 tokens after a space (a space-joined run of words costs their sum: the tokenizer splits text
+    at spaces before merging)."""
     words = []
     for path in sorted((REPO / "data" / "raw").glob("*.jsonl")):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 words += json.loads(line)["raw_content"].split()
     tokens = np.asarray([len(ids) for ids in tokenizer.encode_batch([" " + w for w in words])])
-    return words, tokens
+    keep = tokens <= MAX_WORD_TOKENS
+    return [w for w, k in zip(words, keep) if k], tokens[keep]
 
 
 def run_of_words(words: list[str], tokens: np.ndarray, rng, budget: int) -> str:
