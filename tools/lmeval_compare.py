@@ -44,6 +44,7 @@ from jaxgpt.evals.score import score_pairs  # noqa: E402
 from jaxgpt.evals.tasks import Task, load_task, parse_specs  # noqa: E402
 
 LMEVAL_BOOTSTRAP_ITERS = 100_000  # what lm-eval 0.4.13's command line always passes to its evaluator
+PREFIX = "jaxgpt_"  # before each task's name in lm-eval, whose own tasks (hellaswag, ...) must not answer instead
 METRICS = {  # each kind's metrics, in both frameworks
     "multiple_choice": ("acc", "acc_norm"),
     "cloze": ("perplexity", "acc"),
@@ -101,7 +102,7 @@ def task_yaml(task: Task, data_file: str) -> str:
         "perplexity": {"output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "text"},
     }[task.kind]
     config = {
-        "task": task.name,
+        "task": PREFIX + task.name,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": os.path.abspath(data_file)}},
         "test_split": "test",
@@ -134,7 +135,7 @@ def run_lmeval(
     cmd = [str(venv / "bin" / "lm_eval"), "run", "--model", "hf"]
     model_args = f"pretrained={hf_folder},dtype=float32,softmax_dtype={softmax_dtype}"
     cmd += ["--model_args", model_args, "--device", "cpu", "--batch_size", str(batch_size)]
-    cmd += ["--include_path", include, "--tasks", ",".join(t.name for t in tasks)]
+    cmd += ["--include_path", include, "--tasks", ",".join(PREFIX + t.name for t in tasks)]
     cmd += ["--log_samples", "--output_path", os.path.join(out, "results")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # lm-eval's venv imports its own packages only
     env |= {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": os.path.join(out, "datasets")}
@@ -144,11 +145,14 @@ def run_lmeval(
     (results_file,) = glob.glob(os.path.join(out, "results", "*", "results_*.json"))
     with open(results_file, encoding="utf-8") as f:
         results = json.load(f)
-    return {task.name: _lmeval_task(task, os.path.dirname(results_file), results) for task in tasks}
+    stamp = os.path.basename(results_file).removeprefix("results_").removesuffix(".json")  # the run's, in every name
+    folder = os.path.dirname(results_file)
+    return {
+        t.name: _lmeval_task(t, os.path.join(folder, f"samples_{PREFIX}{t.name}_{stamp}.jsonl"), results) for t in tasks
+    }
 
 
-def _lmeval_task(task: Task, folder: str, results: dict) -> dict:
-    (samples_file,) = glob.glob(os.path.join(folder, f"samples_{task.name}_*.jsonl"))
+def _lmeval_task(task: Task, samples_file: str, results: dict) -> dict:
     with open(samples_file, encoding="utf-8") as f:
         samples = sorted((json.loads(line) for line in f), key=lambda s: s["doc_id"])
     strings, lls, greedy = [], [], []
@@ -159,7 +163,7 @@ def _lmeval_task(task: Task, folder: str, results: dict) -> dict:
             lls.append(float(ll))
             greedy += [] if is_greedy is None else [is_greedy == "True"]
     out = {"strings": strings, "loglikelihood": lls, "is_greedy": greedy or None}
-    aggregated = results["results"][task.name]
+    aggregated = results["results"][PREFIX + task.name]
     for metric in METRICS[task.kind]:
         out[metric] = aggregated[f"{metric},none"]
         stderr = aggregated[f"{metric}_stderr,none"]
