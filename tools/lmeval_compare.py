@@ -77,13 +77,15 @@ def default_venv() -> pathlib.Path:
     here = REPO / ".bench_cache" / "lmeval-venv"
     if here.exists():
         return here
-    common = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-        capture_output=True,
-        text=True,
-    )
-    main = pathlib.Path(common.stdout.strip()).parent if common.returncode == 0 else REPO
-    return main / ".bench_cache" / "lmeval-venv"
+    try:
+        common = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:  # no git: a plain copy of the repository has no other checkout either
+        return here
+    return (pathlib.Path(common.stdout.strip()).parent if common.returncode == 0 else REPO) / ".bench_cache" / here.name
 
 
 def task_yaml(task: Task, data_file: str) -> str:
