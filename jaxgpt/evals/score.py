@@ -9,8 +9,8 @@ forward pass over context + continuation alone; `tests/test_evals.py` checks it 
 masks included. lm-eval instead runs the context again for every choice. The first token of each branch is predicted
 at the context's last slot, so one slot can score several tokens: a row's scores are (slot, token) pairs. Only the
 hidden states of scored slots go through the vocab projection and its log-softmax (K of them per row): for a model as
-narrow as gpt60m a slot's projection costs about as much as all its blocks (BENCHMARKS.md, evaluation), and of a
-context only the last slot scores anything.
+narrow as gpt60m a slot's projection costs about as much as all its blocks (BENCHMARKS.md, "Downstream
+evaluation"), and of a context only the last slot scores anything.
 
 Segments are packed into rows of a bucket of slots (BUCKET, 1.5 and 2 times that, ... up to the model's seq_len),
 rows into batches of a fixed size split over the mesh's batch axes; a batch's K is the smallest of a like ladder that
