@@ -93,18 +93,23 @@ def _move_spaces(context: str, continuation: str) -> tuple[str, str]:
     return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
 
 
+def request_strings(task: Task) -> list[tuple[int, tuple[str, ...]]]:
+    """(request index, strings) of each log-likelihood request, as lm-eval's requests carry them: (context, " " +
+    choice) for each choice, (context, target), or (text,) for a perplexity text (scored in rolling windows)."""
+    if task.kind == "multiple_choice":
+        return [(i, (d["context"], DELIMITER + c)) for i, d in enumerate(task.docs) for c in d["choices"]]
+    if task.kind == "cloze":
+        return [(i, (d["context"], d["target"])) for i, d in enumerate(task.docs)]
+    return [(i, (d["text"],)) for i, d in enumerate(task.docs)]
+
+
 def task_pairs(task: Task, encoder: Encoder) -> list[Pair]:
     """Every log-likelihood request of the task, cut to the window; an error names the request's file and line."""
-    docs, kind = task.docs, task.kind
+    kind, strings = task.kind, request_strings(task)
     if kind == "perplexity":
-        texts = encoder.ids([d["text"] for d in docs])
-        raw = [(i, pair) for i, ids in enumerate(texts) for pair in encoder.rolling(ids)]
+        texts = encoder.ids([text for _, (text,) in strings])
+        raw = [(i, pair) for (i, _), ids in zip(strings, texts) for pair in encoder.rolling(ids)]
     else:
-        strings = [
-            (i, (d["context"], DELIMITER + choice)) if kind == "multiple_choice" else (i, (d["context"], d["target"]))
-            for i, d in enumerate(docs)
-            for choice in (d["choices"] if kind == "multiple_choice" else [None])
-        ]
         raw = list(zip([i for i, _ in strings], encoder.pairs([s for _, s in strings])))
     out = []
     for i, (context, continuation) in raw:

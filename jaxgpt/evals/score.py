@@ -7,12 +7,15 @@ continuation but its last token (the branches). A branch's tokens attend to thei
 and sit at the positions they would have right after the context, so each continuation is scored exactly as by a
 forward pass over context + continuation alone; `tests/test_evals.py` checks it against the plain forward, document
 masks included. lm-eval instead runs the context again for every choice. The first token of each branch is predicted
-at the context's last slot, so one slot can score several tokens: a row's scores are (slot, token) pairs gathered from
-its log-softmax.
+at the context's last slot, so one slot can score several tokens: a row's scores are (slot, token) pairs. Only the
+hidden states of scored slots go through the vocab projection and its log-softmax (K of them per row): for a model as
+narrow as gpt60m a slot's projection costs about as much as all its blocks (BENCHMARKS.md, "Downstream
+evaluation"), and of a context only the last slot scores anything.
 
-Segments are packed into rows of a bucket of slots (BUCKET, twice that, ... up to the model's seq_len), rows into
-batches of a fixed size split over the mesh's batch axes: the jitted function compiles once per bucket, never per
-request. The attention mask comes from three ids per slot, built here; no [T, T] mask crosses from the host.
+Segments are packed into rows of a bucket of slots (BUCKET, 1.5 and 2 times that, ... up to the model's seq_len),
+rows into batches of a fixed size split over the mesh's batch axes; a batch's K is the smallest of a like ladder that
+holds its fullest row's scores. The jitted function compiles once per (bucket, width), never per request. The
+attention mask comes from three ids per slot, built here; no [T, T] mask crosses from the host.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ from jaxgpt.model import GPT
 from jaxgpt.model.attention import Slots
 from jaxgpt.model.gpt import Context
 
-BUCKET = 64  # the smallest row length; the others double it, up to the model's seq_len
+BUCKET = 64  # the shortest row; the others grow by 1.5x and 2x in turn (ladder), up to the model's seq_len
+# The narrowest batch of scores per row (K); the others grow as the rows do, up to 2T (a row scores at most its T
+# slots plus one first token per branch). A cloze row scores a few of its slots, a multiple-choice row about half.
+SCORE_WIDTH = 8
 
 
 @dataclasses.dataclass
@@ -104,10 +110,16 @@ def _add_branch(seg: Segment, context, cont, pair: int, eod_id: int, doc_mask: b
     seg.scores.extend((at + j - 1, cont[j], pair) for j in range(1, len(cont)))
 
 
+def ladder(first: int, stop: int) -> list[int]:
+    """Sizes below stop, two per octave: first, 1.5 * first, 2 * first, 3 * first, 4 * first, ... Padding to the next
+    one wastes under a third of it."""
+    octaves = [first << i for i in range(max(0, math.ceil(math.log2(stop / first))))]
+    return sorted(size for octave in octaves for size in (octave, octave * 3 // 2) if size < stop)
+
+
 def buckets(max_len: int) -> list[int]:
-    """Row lengths: BUCKET, 2 * BUCKET, ... below max_len, then max_len."""
-    sizes = [BUCKET << i for i in range(max(0, math.ceil(math.log2(max_len / BUCKET))))]
-    return [s for s in sizes if s < max_len] + [max_len]
+    """Row lengths: the ladder from BUCKET below max_len, then max_len."""
+    return ladder(BUCKET, max_len) + [max_len]
 
 
 def pack(segs: list[Segment], max_len: int) -> dict[int, list[list[Segment]]]:
@@ -126,10 +138,17 @@ def pack(segs: list[Segment], max_len: int) -> dict[int, list[list[Segment]]]:
     return rows
 
 
+def score_width(rows: list[list[Segment]], T: int) -> int:
+    """K of a batch of rows of T slots: the smallest size of the ladder from SCORE_WIDTH (at most 2T) that holds its
+    fullest row's scores."""
+    need = max(sum(len(seg.scores) for seg in row) for row in rows)
+    return next((k for k in ladder(SCORE_WIDTH, 2 * T) if k >= need), 2 * T)
+
+
 def row_arrays(rows: list[list[Segment]], B: int, T: int) -> dict[str, np.ndarray]:
-    """The batch's host arrays [B, T] and [B, K = 2T]; rows past len(rows) and slots past a row's segments are
-    padding (a padding slot attends to itself alone, and scores nothing: pair -1)."""
-    K = 2 * T  # a row scores at most its T slots plus one first token per branch
+    """The batch's host arrays [B, T] and [B, K] (score_width); rows past len(rows) and slots past a row's segments
+    are padding (a padding slot attends to itself alone, and scores nothing: pair -1)."""
+    K = score_width(rows, T)
     out = {
         "tokens": np.zeros((B, T), np.int32),
         "positions": np.zeros((B, T), np.int32),
@@ -195,8 +214,9 @@ def _score_rows(graphdef, params, rows: dict, *, mesh):
         x_BxTxD = model.embed(tokens_BxT, rows["positions"])
         # the cache is scratch space of T slots: attention with an explicit mask is generation's cached path
         h_BxTxD, _ = model.layers(x_BxTxD, ctx, model.init_cache(jnp.zeros((B,), jnp.int32), T))
-        logits_BxTxV = model.project(h_BxTxD)
-        lse_BxT, best_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1), jnp.argmax(logits_BxTxV, axis=-1)
-        b_Bx1, slots_BxK, tokens_BxK = jnp.arange(B)[:, None], rows["score_slots"], rows["score_tokens"]
-        ll_BxK = logits_BxTxV[b_Bx1, slots_BxK, tokens_BxK] - lse_BxT[b_Bx1, slots_BxK]
-        return ll_BxK, best_BxT[b_Bx1, slots_BxK] == tokens_BxK
+        h_BxKxD = jnp.take_along_axis(h_BxTxD, rows["score_slots"][:, :, None], axis=1)  # the scored slots only
+        logits_BxKxV = model.project(h_BxKxD)
+        lse_BxK, best_BxK = jax.nn.logsumexp(logits_BxKxV, axis=-1), jnp.argmax(logits_BxKxV, axis=-1)
+        tokens_BxK = rows["score_tokens"]
+        ll_BxK = jnp.take_along_axis(logits_BxKxV, tokens_BxK[:, :, None], axis=-1)[:, :, 0] - lse_BxK
+        return ll_BxK, best_BxK == tokens_BxK
