@@ -194,9 +194,9 @@ def test_branch_scoring_equals_a_plain_forward_per_pair(options):
     assert (greedy == want_greedy).all()
 
 
-def test_buckets_double_up_to_the_window():
-    assert buckets(64) == [64] and buckets(128) == [64, 128] and buckets(200) == [64, 128, 200]
-    assert buckets(512) == [64, 128, 256, 512] and buckets(40) == [40]
+def test_buckets_grow_two_per_octave_up_to_the_window():
+    assert buckets(64) == [64] and buckets(128) == [64, 96, 128] and buckets(200) == [64, 96, 128, 192, 200]
+    assert buckets(512) == [64, 96, 128, 192, 256, 384, 512] and buckets(40) == [40]
 
 
 def on_mesh(mesh, seq_len: int = 128):
