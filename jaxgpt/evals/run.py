@@ -104,19 +104,6 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", help="a jaxgpt run directory: its newest checkpoint, or --step")
-    src.add_argument("--hf", help="a Hugging Face folder of a class jaxgpt imports (tools/export_hf.py writes one)")
-    p.add_argument("--step", type=int, default=None, help="the checkpoint step to evaluate (default: the newest)")
-    p.add_argument("--task", action="append", required=True, help="NAME:KIND:PATH[@N] (repeatable)")
-    p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (a row packs many requests)")
-    p.add_argument("--mesh", default="-1,1,1", help="DATA,FSDP,TENSOR over the local devices (default: all data)")
-    p.add_argument("--tokenizer_file", default=None, help="default: the run's (or the folder's) tokenizer.json")
-    p.add_argument("--bootstrap_iters", type=int, default=BOOTSTRAP_ITERS, help="resamples for the ppl's stderr")
-    p.add_argument("--out", default=None, help="the JSON to write (default: DIR/evals/step_<N>.json; --hf: none)")
-
-
 def run_command(args: argparse.Namespace) -> str | None:
     """`jaxgpt eval`: loads the model, scores the tasks, prints the table and writes the JSON (returns its path)."""
     import os

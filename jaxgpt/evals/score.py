@@ -190,7 +190,7 @@ def score_pairs(
             chunk = rows[start : start + B]
             arrays = row_arrays(chunk, B, T)
             pairs_BxK = arrays.pop("score_pairs")
-            placed = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in arrays.items()}
+            placed = {k: _place(v, sharding.batch_sharding(mesh)) for k, v in arrays.items()}
             pending.append((_score_rows(graphdef, params, placed, mesh=mesh), pairs_BxK, len(chunk)))
     for (ll_BxK, greedy_BxK), pairs_BxK, n in pending:  # every batch is dispatched before the first is read back
         real = pairs_BxK >= 0
@@ -198,6 +198,11 @@ def score_pairs(
         np.logical_and.at(greedy, pairs_BxK[real], on_host(greedy_BxK)[real])
         on_batch(n)
     return ll, greedy
+
+
+def _place(x: np.ndarray, where: jax.sharding.NamedSharding) -> jax.Array:
+    """Every process builds the same rows: each device takes its block of them (on many hosts too)."""
+    return jax.make_array_from_callback(x.shape, where, lambda index: x[index])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"))

@@ -87,20 +87,20 @@ class Schedule:
             return "evaluation: none (data.val_path is empty)"
         count = len(set(range(self.every, self.last + 1, self.every)) | {self.last})
         tokens = self.batches * self.eval_batch * seq_len
-        parts = []
+        what, hints = [], []
         if self.batches:
-            parts.append(
-                f"{self.batches} batches of {self.eval_batch} seqs ({tokens:,} tokens, the forward passes of"
-                f" {tokens / tokens_per_step:,.1f} steps' tokens)"
-                + ("" if self.max_batches else "; train.eval_steps=N caps it at N batches")
-            )
+            what.append(f"{self.batches} batches of {self.eval_batch} seqs ({self._tokens(tokens, tokens_per_step)})")
+            hints += [] if self.max_batches else ["train.eval_steps=N caps it at N batches"]
         if self.tasks:
-            parts.append(
-                f"{self.tasks} downstream task{'s' * (self.tasks > 1)} ({self.task_tokens:,} tokens, the forward passes"
-                f" of {self.task_tokens / tokens_per_step:,.1f} steps' tokens; train.eval_tasks=NAME:KIND:PATH@N"
-                " scores the first N requests)"
-            )
-        return f"evaluation every {self.every} steps and at the last, {count} in all: " + "; then ".join(parts)
+            tasks = f"{self.tasks} downstream task{'s' * (self.tasks > 1)}"
+            what.append(f"{tasks} ({self._tokens(self.task_tokens, tokens_per_step)})")
+            hints.append("train.eval_tasks=NAME:KIND:PATH@N scores a task's first N requests")
+        line = f"evaluation: {' and '.join(what)} every {self.every} steps and at the last: {count} in all"
+        return "; ".join([line, *hints])
+
+    @staticmethod
+    def _tokens(tokens: int, tokens_per_step: int) -> str:
+        return f"{tokens:,} tokens, the forward passes of {tokens / tokens_per_step:,.1f} steps' tokens"
 
 
 class Evaluation:
