@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
-from jaxgpt.data.tokenize import EOD_TOKEN
+from jaxgpt import checkpoint, rundir, sharding
+from jaxgpt.data.tokenize import EOD_TOKEN, load_tokenizer
 from jaxgpt.errors import EvalError, check_int
 from jaxgpt.evals.encode import Encoder, task_pairs
 from jaxgpt.evals.metrics import task_metrics
 from jaxgpt.evals.score import score_pairs
 from jaxgpt.evals.tasks import Task, TaskSpec, check_unchanged, load_task, parse_specs
+from jaxgpt.io import atomic_output
 
 BOOTSTRAP_ITERS = 100_000  # lm-eval's default resamples for the perplexity's standard error
 
@@ -106,17 +109,11 @@ def table(results: dict[str, dict]) -> str:
 
 def run_command(args: argparse.Namespace) -> str | None:
     """`jaxgpt eval`: loads the model, scores the tasks, prints the table and writes the JSON (returns its path)."""
-    import os
-
-    from jaxgpt import checkpoint, rundir, sharding
-    from jaxgpt.data.tokenize import load_tokenizer
-    from jaxgpt.io import atomic_output
-
     specs = parse_specs(args.task)
     tasks = [load_task(s) for s in specs]  # a bad task file fails before the model is read
     mesh = sharding.mesh_flag(args.mesh)
     if args.hf:
-        from jaxgpt.interop.hf_import import load_hf
+        from jaxgpt.interop.hf_import import load_hf  # safetensors, only for an HF folder
 
         model = load_hf(args.hf, mesh)
         step, tokenizer_file = None, args.tokenizer_file or rundir.tokenizer_path(args.hf)

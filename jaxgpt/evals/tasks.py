@@ -165,10 +165,6 @@ def _warn_spaces(path: str, docs: list[dict]) -> None:
         )
 
 
-def load_tasks(specs: list[TaskSpec]) -> list[Task]:
-    return [load_task(s) for s in specs]
-
-
 def check_unchanged(task: Task) -> None:
     """In-loop evaluation: the file must hold what it held at the run's first evaluation (curves of one task)."""
     now = file_sha256(task.spec.path)
