@@ -4,6 +4,8 @@ changed is refused."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO, read_metrics, tiny_config
@@ -101,3 +103,27 @@ def test_jaxgpt_eval_of_an_hf_export_equals_the_workdir(run, tasks, tmp_path, ca
     model, _ = checkpoint.load(run, 6)
     direct = flat_metrics(evaluate_tasks(model, load_tokenizer(rundir.tokenizer_path(run)), tasks))
     assert from_hf == pytest.approx(direct, rel=1e-5)
+
+
+def test_jaxgpt_eval_as_a_command(run, tasks, tmp_path):
+    """The console command end to end: a table and the JSON on success; a bad task file is one line and status 1."""
+    cmd = [sys.executable, "-c", "import sys; from jaxgpt.cli import main; main(sys.argv[1:])", "eval"]
+    out = str(tmp_path / "r.json")
+    ok = subprocess.run(
+        [*cmd, f"--workdir={run}", "--step=6", f"--task={tasks[1]}", "--mesh=1,1,1", f"--out={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "acc_norm" in ok.stdout and f"wrote {out}" in ok.stdout
+    with open(out) as f:
+        assert json.load(f)["tasks"]["mc"]["requests"] == 6
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": "a", "choices": ["x", ""], "label": 0}) + "\n")
+    failed = subprocess.run(
+        [*cmd, f"--workdir={run}", f"--task=b:multiple_choice:{bad}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:1: field 'choices' entry 1")
